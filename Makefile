@@ -1,0 +1,75 @@
+# berth's developer entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export GOTOOLCHAIN ?= local
+GO ?= go
+BIN := $(CURDIR)/bin
+TOOLS_ENV = eval "$$(bash hack/tools.sh env)"
+# Integration test packages each start their own local cluster.
+INTEGRATION_PKGS := ./test/...
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
+CLUSTER_FLAGS ?=
+TEST_FLAGS ?=
+
+.PHONY: help
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: tools
+tools: ## Build the pinned cluster tools (kube-*, etcd, kwok, controller-gen, azurite) into the cache outside the clone.
+	bash hack/tools.sh all
+
+.PHONY: generate
+generate: ## Regenerate deepcopy code and the CRDs from pkg/apis.
+	bash hack/tools.sh controller-gen
+	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" object:headerFile=hack/boilerplate.go.txt paths=./pkg/apis/...
+	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" crd paths=./pkg/apis/... output:crd:artifacts:config=manifests/crds
+	mkdir -p charts/berth/crds && cp manifests/crds/*.yaml charts/berth/crds/
+
+.PHONY: verify
+verify: ## Check gofmt, go vet and that generated files are current; fails on a dirty diff.
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed on: $$bad"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	$(MAKE) --no-print-directory generate
+	@git diff --exit-code -- pkg/apis manifests/crds charts/berth/crds || { echo "generated files are stale: run make generate and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- pkg/apis manifests/crds charts/berth/crds); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+
+.PHONY: build
+build: ## Build berth's binaries into ./bin.
+	$(GO) build -o $(BIN)/ ./cmd/... ./hack/localcluster
+
+.PHONY: test
+test: tools test-unit test-integration ## Run every test: unit, then integration on the local cluster, PostgreSQL and Azurite.
+
+.PHONY: test-unit
+test-unit: ## Run the unit tests (no cluster).
+	$(GO) test $(TEST_FLAGS) $(UNIT_PKGS)
+
+.PHONY: test-integration
+test-integration: ## Run the integration tests on real local clusters (needs make tools).
+	$(GO) test -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
+
+.PHONY: cluster-up
+cluster-up: tools ## Start the local cluster with its fake node pools (CLUSTER_FLAGS="--spot-ssd=10 --gpu=2").
+	$(GO) build -o $(BIN)/ ./hack/localcluster
+	$(BIN)/localcluster up $(CLUSTER_FLAGS)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and every process it started.
+	$(GO) build -o $(BIN)/ ./hack/localcluster
+	$(BIN)/localcluster down
+
+.PHONY: demo
+demo: cluster-up ## Bring the local cluster up and run berth's main job on it.
+	$(BIN)/localcluster demo
+
+.PHONY: bump-k8s
+bump-k8s: ## Pin another Kubernetes release: make bump-k8s VERSION=v1.36.3.
+	bash hack/bump-k8s.sh $(VERSION)
+
+.PHONY: clean
+clean: ## Remove ./bin (the tool cache outside the clone is kept).
+	rm -rf $(BIN)

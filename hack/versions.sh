@@ -1,0 +1,15 @@
+# Pinned versions of the local-cluster tools, sourced by hack/*.sh and read by the
+# test framework (through `hack/tools.sh env`). K8S_VERSION must match go.mod.
+K8S_VERSION=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
+ETCD_VERSION=$(cd "$(dirname "${BASH_SOURCE[0]}")/tools/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+KWOK_VERSION=v0.8.0
+CONTROLLER_GEN_VERSION=v0.21.0
+AZURITE_VERSION=3.37.0
+
+# The cache lives outside the clone, one folder per tool and version.
+TOOLS_CACHE=${BERTH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/tools}
+K8S_BIN_DIR=$TOOLS_CACHE/kubernetes-$K8S_VERSION-$(go env GOVERSION)
+ETCD_BIN_DIR=$TOOLS_CACHE/etcd-$ETCD_VERSION
+KWOK_BIN_DIR=$TOOLS_CACHE/kwok-$KWOK_VERSION
+CONTROLLER_GEN_DIR=$TOOLS_CACHE/controller-gen-$CONTROLLER_GEN_VERSION
+AZURITE_DIR=$TOOLS_CACHE/azurite-$AZURITE_VERSION

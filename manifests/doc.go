@@ -1,0 +1,28 @@
+// Package manifests embeds berth's generated and hand-written manifests so that
+// binaries and tests use the very files the repository ships: the CRDs and the
+// local cluster's node pools.
+package manifests
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed crds/*.yaml
+var crds embed.FS
+
+//go:embed local-cluster/pools.yaml
+var pools []byte
+
+// CRDs returns the CustomResourceDefinitions of berth's API, one YAML document
+// per file.
+func CRDs() fs.FS {
+	sub, err := fs.Sub(crds, "crds")
+	if err != nil {
+		panic(err) // the embedded path is fixed at build time
+	}
+	return sub
+}
+
+// Pools returns local-cluster/pools.yaml, the local cluster's node pools.
+func Pools() []byte { return pools }

@@ -1,0 +1,175 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/testutil"
+)
+
+// ClusterEnv is a running local cluster with berth's CRDs installed and the
+// fake node pools created.
+type ClusterEnv struct {
+	Cluster *localcluster.Cluster
+	// Config reaches the API server as cluster admin.
+	Config *rest.Config
+	// Client is a controller-runtime client with berth's types registered.
+	Client client.Client
+	// Scheme holds the built-in types and berth's.
+	Scheme *runtime.Scheme
+	// Pools are the node pools, as read from manifests/local-cluster/pools.yaml.
+	Pools *localcluster.Pools
+	// Tools are the binaries, kubectl among them.
+	Tools localcluster.Tools
+}
+
+// Kubeconfig is the path of an admin kubeconfig for the cluster.
+func (e *ClusterEnv) Kubeconfig() string { return e.Cluster.Kubeconfig() }
+
+// Cluster returns the package's local cluster, starting it on first use.
+func Cluster(t testing.TB) *ClusterEnv {
+	t.Helper()
+	requireMain(t)
+	state.mu.Lock()
+	defer state.mu.Unlock()
+	if state.cluster == nil && state.clusterErr == nil {
+		state.cluster, state.clusterErr = startCluster()
+	}
+	if state.clusterErr != nil {
+		t.Fatalf("framework: start local cluster: %v", state.clusterErr)
+	}
+	return state.cluster
+}
+
+func startCluster() (*ClusterEnv, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	opts := localcluster.Options{
+		Name:    uniqueName("berth-test"),
+		WorkDir: filepath.Join(state.dir, "kwok"),
+		Tools:   state.tools,
+	}
+	c, err := localcluster.Create(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	onTeardown(c.CleanupCommand(), func() { _ = c.Delete(context.Background()) })
+
+	env, err := NewClusterEnv(c, state.tools)
+	if err != nil {
+		return nil, err
+	}
+	if err := localcluster.InstallCRDs(ctx, env.Client); err != nil {
+		return nil, err
+	}
+	pools, err := localcluster.DefaultPools()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range pools.Names() {
+		p, _ := pools.Get(name)
+		if n, ok := state.opts.pools[name]; ok {
+			p.Count = n
+		}
+	}
+	if err := localcluster.CreateNodes(ctx, env.Client, pools); err != nil {
+		return nil, err
+	}
+	env.Pools = pools
+	return env, nil
+}
+
+// NewClusterEnv connects to a running cluster.
+func NewClusterEnv(c *localcluster.Cluster, tools localcluster.Tools) (*ClusterEnv, error) {
+	cfg, err := c.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	scheme, err := localcluster.Scheme()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("create client: %w", err)
+	}
+	return &ClusterEnv{Cluster: c, Config: cfg, Client: cl, Scheme: scheme, Tools: tools}, nil
+}
+
+var nonName = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// Namespace creates a namespace unique to the test, labelled with the trusted
+// berth.dev/org label when org is not empty, and deletes it when the test ends.
+func (e *ClusterEnv) Namespace(t testing.TB, org string) string {
+	t.Helper()
+	base := strings.Trim(nonName.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
+	if len(base) > 40 {
+		base = strings.TrimRight(base[:40], "-")
+	}
+	name := base + "-" + rand.String(5)
+	b := testutil.Namespace(name)
+	if org != "" {
+		b.Org(org)
+	}
+	ns := b.Obj()
+	if err := e.Client.Create(t.Context(), ns); err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = e.Client.Delete(context.Background(), ns)
+	})
+	return name
+}
+
+// Create creates obj and deletes it when the test ends.
+func (e *ClusterEnv) Create(t testing.TB, obj client.Object) {
+	t.Helper()
+	if err := e.Client.Create(t.Context(), obj); err != nil {
+		t.Fatalf("create %T %s: %v", obj, client.ObjectKeyFromObject(obj), err)
+	}
+	t.Cleanup(func() {
+		err := e.Client.Delete(context.Background(), obj, client.PropagationPolicy(metav1.DeletePropagationBackground))
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Logf("delete %T %s: %v", obj, client.ObjectKeyFromObject(obj), err)
+		}
+	})
+}
+
+// Eventually polls cond every 100ms until it returns true, fails the test on
+// an error or after timeout, and describes what it waited for.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, timeout, true, cond)
+	if err != nil {
+		t.Fatalf("waiting %s for %s: %v", timeout, what, err)
+	}
+}
+
+// NodesByPool returns the cluster's nodes grouped by their pool label.
+func (e *ClusterEnv) NodesByPool(ctx context.Context) (map[string][]corev1.Node, error) {
+	var nodes corev1.NodeList
+	if err := e.Client.List(ctx, &nodes); err != nil {
+		return nil, err
+	}
+	out := map[string][]corev1.Node{}
+	for _, n := range nodes.Items {
+		p := n.Labels[localcluster.LabelPool]
+		out[p] = append(out[p], n)
+	}
+	return out, nil
+}

@@ -1,0 +1,187 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"berth.dev/berth/pkg/supervisor"
+)
+
+// Postgres is a private PostgreSQL server on 127.0.0.1, with trust auth, in a
+// temp dir. It is the system's PostgreSQL (apt's postgresql package).
+type Postgres struct {
+	// DSN reaches the server's postgres database as the postgres superuser.
+	DSN  string
+	Port int
+
+	dir    string
+	bin    string
+	keeper *supervisor.Keeper // reaps the server once it stops
+}
+
+// PostgresServer returns the package's PostgreSQL server, starting it on
+// first use.
+func PostgresServer(t testing.TB) *Postgres {
+	t.Helper()
+	requireMain(t)
+	state.mu.Lock()
+	defer state.mu.Unlock()
+	if state.postgres == nil && state.postgresErr == nil {
+		state.postgres, state.postgresErr = startPostgres(t.Context())
+	}
+	if state.postgresErr != nil {
+		t.Fatalf("framework: start PostgreSQL: %v", state.postgresErr)
+	}
+	return state.postgres
+}
+
+// postgresBinDir finds initdb and pg_ctl: $BERTH_PG_BINDIR, else the newest
+// /usr/lib/postgresql/*/bin, else pg_config --bindir.
+func postgresBinDir() (string, error) {
+	if d := os.Getenv("BERTH_PG_BINDIR"); d != "" {
+		return d, nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return pgMajor(dirs[i]) > pgMajor(dirs[j]) })
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		return strings.TrimSpace(string(out)), nil
+	}
+	return "", fmt.Errorf("no PostgreSQL server found; install it (apt-get install postgresql) or set BERTH_PG_BINDIR")
+}
+
+func pgMajor(dir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
+	return n
+}
+
+func startPostgres(ctx context.Context) (*Postgres, error) {
+	bin, err := postgresBinDir()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(state.dir, "postgres")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	// initdb refuses to run as root: run the server as the postgres user.
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root needs a postgres user to run PostgreSQL as: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	pg := &Postgres{Port: port, dir: dir, bin: bin,
+		DSN: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)}
+	if err := pg.run(ctx, "initdb", "-D", pg.data(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", port, dir)
+	onTeardown(pg.stopCommand(), func() { _ = pg.stop(context.Background()) })
+	if err := pg.start(ctx, "-D", pg.data(), "-l", filepath.Join(dir, "server.log"), "-o", conf, "-w", "-t", "60", "start"); err != nil {
+		return nil, err
+	}
+	return pg, nil
+}
+
+func (p *Postgres) data() string { return filepath.Join(p.dir, "data") }
+
+// run runs a PostgreSQL program, as the postgres user when this is root.
+func (p *Postgres) run(ctx context.Context, prog string, args ...string) error {
+	name, argv := p.command(prog, args)
+	out, err := exec.CommandContext(ctx, name, argv...).CombinedOutput()
+	return p.wrap(prog, out, err)
+}
+
+// start runs pg_ctl start under a supervisor keeper, which reaps the server
+// pg_ctl leaves running once it stops.
+func (p *Postgres) start(ctx context.Context, args ...string) error {
+	name, argv := p.command("pg_ctl", args)
+	keeper, out, err := supervisor.Run(ctx, os.Environ(), name, argv...)
+	p.keeper = keeper
+	return p.wrap("pg_ctl start", out, err)
+}
+
+func (p *Postgres) command(prog string, args []string) (string, []string) {
+	if os.Geteuid() == 0 {
+		return "runuser", append([]string{"-u", "postgres", "--", filepath.Join(p.bin, prog)}, args...)
+	}
+	return filepath.Join(p.bin, prog), args
+}
+
+func (p *Postgres) wrap(prog string, out []byte, err error) error {
+	if err == nil {
+		return nil
+	}
+	log, _ := os.ReadFile(filepath.Join(p.dir, "server.log"))
+	return fmt.Errorf("%s: %w\n%s%s", prog, err, out, log)
+}
+
+func (p *Postgres) stop(ctx context.Context) error {
+	if _, err := os.Stat(filepath.Join(p.data(), "postmaster.pid")); err != nil {
+		return nil
+	}
+	err := p.run(ctx, "pg_ctl", "-D", p.data(), "-m", "immediate", "-w", "stop")
+	if p.keeper != nil {
+		p.keeper.Wait(10 * time.Second)
+	}
+	return err
+}
+
+func (p *Postgres) stopCommand() string {
+	pidFile := filepath.Join(p.data(), "postmaster.pid")
+	return fmt.Sprintf("[ -f %[1]s ] && kill -9 $(head -1 %[1]s)", pidFile)
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitListening waits until something accepts connections on addr.
+func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listening on %s after %s: %w", addr, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
