@@ -50,7 +50,7 @@ test-unit: ## Run the unit tests (no cluster).
 
 .PHONY: test-integration
 test-integration: ## Run the integration tests on real local clusters (needs make tools).
-	$(GO) test -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
+	$(GO) test -count=1 -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
 
 .PHONY: cluster-up
 cluster-up: tools ## Start the local cluster with its fake node pools (CLUSTER_FLAGS="--spot-ssd=10 --gpu=2").

@@ -139,12 +139,22 @@ func keep(argv []string) int {
 			env = append(env, kv)
 		}
 	}
+	// Output goes to a file, not a pipe: a server the command leaves running
+	// may keep the descriptor, and reading a pipe would wait for it.
+	outFile, err := os.CreateTemp("", "berth-keeper-*.log")
+	if err != nil {
+		writeResult(status, nil, fmt.Errorf("create output file: %w", err))
+		return 1
+	}
+	_ = os.Remove(outFile.Name())
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	writeResult(status, out.Bytes(), err)
+	cmd.Stdout, cmd.Stderr = outFile, outFile
+	err = cmd.Run()
+	_, _ = outFile.Seek(0, io.SeekStart)
+	out, _ := io.ReadAll(outFile)
+	outFile.Close()
+	writeResult(status, out, err)
 
 	devNull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if devNull != nil {
