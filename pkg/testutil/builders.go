@@ -1,6 +1,8 @@
 package testutil
 
 import (
+	"time"
+
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -66,6 +68,41 @@ func (b *PodBuilder) Project(id string) *PodBuilder {
 // Resource sets a request and the same limit on the first container.
 func (b *PodBuilder) Resource(name corev1.ResourceName, q string) *PodBuilder {
 	setRequest(&b.pod.Spec.Containers[0], name, q)
+	return b
+}
+
+// Request sets only a request (no limit) on the first container.
+func (b *PodBuilder) Request(name corev1.ResourceName, q string) *PodBuilder {
+	c := &b.pod.Spec.Containers[0]
+	if c.Resources.Requests == nil {
+		c.Resources.Requests = corev1.ResourceList{}
+	}
+	c.Resources.Requests[name] = resource.MustParse(q)
+	return b
+}
+
+// InitContainer appends an init container.
+func (b *PodBuilder) InitContainer(c corev1.Container) *PodBuilder {
+	b.pod.Spec.InitContainers = append(b.pod.Spec.InitContainers, c)
+	return b
+}
+
+// Toleration appends a toleration.
+func (b *PodBuilder) Toleration(t corev1.Toleration) *PodBuilder {
+	b.pod.Spec.Tolerations = append(b.pod.Spec.Tolerations, t)
+	return b
+}
+
+// RequiredNodeTerms sets the required node affinity to terms, which are
+// ORed.
+func (b *PodBuilder) RequiredNodeTerms(terms ...corev1.NodeSelectorTerm) *PodBuilder {
+	if b.pod.Spec.Affinity == nil {
+		b.pod.Spec.Affinity = &corev1.Affinity{}
+	}
+	if b.pod.Spec.Affinity.NodeAffinity == nil {
+		b.pod.Spec.Affinity.NodeAffinity = &corev1.NodeAffinity{}
+	}
+	b.pod.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution = &corev1.NodeSelector{NodeSelectorTerms: terms}
 	return b
 }
 
@@ -143,6 +180,35 @@ func (b *JobBuilder) Suspend(s bool) *JobBuilder { b.job.Spec.Suspend = ptr.To(s
 // Resource sets a request and the same limit on the first container.
 func (b *JobBuilder) Resource(name corev1.ResourceName, q string) *JobBuilder {
 	setRequest(&b.job.Spec.Template.Spec.Containers[0], name, q)
+	return b
+}
+
+// Annotation sets one annotation on the Job.
+func (b *JobBuilder) Annotation(k, v string) *JobBuilder {
+	if b.job.Annotations == nil {
+		b.job.Annotations = map[string]string{}
+	}
+	b.job.Annotations[k] = v
+	return b
+}
+
+// Created sets the Job's creationTimestamp.
+func (b *JobBuilder) Created(t time.Time) *JobBuilder {
+	b.job.CreationTimestamp = metav1.NewTime(t)
+	return b
+}
+
+// Condition adds a status condition of type c with status s, such as
+// (JobComplete, ConditionTrue) for a finished Job.
+func (b *JobBuilder) Condition(c batchv1.JobConditionType, s corev1.ConditionStatus) *JobBuilder {
+	b.job.Status.Conditions = append(b.job.Status.Conditions, batchv1.JobCondition{Type: c, Status: s})
+	return b
+}
+
+// Deleting sets the Job's deletionTimestamp, as the API server does for a
+// Job being deleted.
+func (b *JobBuilder) Deleting(t time.Time) *JobBuilder {
+	b.job.DeletionTimestamp = ptr.To(metav1.NewTime(t))
 	return b
 }
 
@@ -227,6 +293,48 @@ func (b *OrgBuilder) ClassDefault(c berthv1alpha1.Class, cpu, memory string) *Or
 // ClassMax sets a class's maximum cpu and memory.
 func (b *OrgBuilder) ClassMax(c berthv1alpha1.Class, cpu, memory string) *OrgBuilder {
 	b.classPolicy(c).Max = resources(cpu, memory)
+	return b
+}
+
+// ClassDefaultGPUs sets a class's default GPUs. Call it after ClassDefault,
+// which replaces the whole default.
+func (b *OrgBuilder) ClassDefaultGPUs(c berthv1alpha1.Class, n int32) *OrgBuilder {
+	p := b.classPolicy(c)
+	if p.Default == nil {
+		p.Default = &berthv1alpha1.Resources{}
+	}
+	p.Default.GPUs = ptr.To(n)
+	return b
+}
+
+// ClassMaxGPUs sets a class's maximum GPUs. Call it after ClassMax, which
+// replaces the whole maximum.
+func (b *OrgBuilder) ClassMaxGPUs(c berthv1alpha1.Class, n int32) *OrgBuilder {
+	p := b.classPolicy(c)
+	if p.Max == nil {
+		p.Max = &berthv1alpha1.Resources{}
+	}
+	p.Max.GPUs = ptr.To(n)
+	return b
+}
+
+// BuildScratch sets spec.buildScratch's request and limit; an empty string
+// leaves that one unset.
+func (b *OrgBuilder) BuildScratch(request, limit string) *OrgBuilder {
+	s := &berthv1alpha1.ScratchPolicy{}
+	if request != "" {
+		s.Request = ptr.To(resource.MustParse(request))
+	}
+	if limit != "" {
+		s.Limit = ptr.To(resource.MustParse(limit))
+	}
+	b.org.Spec.BuildScratch = s
+	return b
+}
+
+// BuildCacheClaim sets spec.buildCacheClaimName.
+func (b *OrgBuilder) BuildCacheClaim(name string) *OrgBuilder {
+	b.org.Spec.BuildCacheClaimName = name
 	return b
 }
 

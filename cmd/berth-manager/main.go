@@ -1,0 +1,67 @@
+// Command berth-manager serves berth's admission webhooks and runs its
+// controllers. Flags choose which: several replicas may serve webhooks while
+// one leader runs the controllers.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"berth.dev/berth/pkg/manager"
+	"berth.dev/berth/pkg/placement"
+	"berth.dev/berth/webhooks"
+)
+
+func main() {
+	var o manager.Options
+	var hooks, controllers, preset string
+	flag.StringVar(&hooks, "webhooks", strings.Join(webhooks.Kinds, ","), "webhooks to serve, comma-separated: pod, job; empty for none")
+	flag.StringVar(&controllers, "controllers", strings.Join(manager.Controllers, ","), "controllers to run, comma-separated: buildqueue, orgstatus; empty for none")
+	flag.StringVar(&o.Webhook.Namespace, "namespace", "berth-system", "berth's own namespace: never handled; holds quota ledgers, the certificate Secret and the leader lease")
+	flag.StringVar(&o.Webhook.SchedulerName, "scheduler-name", webhooks.DefaultSchedulerName, "schedulerName written into labelled Pods; empty keeps the Pod's")
+	flag.StringVar(&preset, "placement-preset", placement.PresetAKS, "node label and taint keys: "+strings.Join(placement.PresetNames(), ", "))
+	flag.StringVar(&o.Webhook.PriorityClassPrefix, "priority-class-prefix", "berth-", "a class's PriorityClass is {prefix}{class}, used when it exists")
+	flag.StringVar(&o.Webhook.ManagerUsername, "manager-username", "", "the only user allowed to release queued builds (default: the user berth-manager runs as)")
+	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
+	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")
+	flag.StringVar(&o.WebhookService, "webhook-service", "berth-webhook", "the webhook Service's name, for the certificate's DNS name")
+	flag.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "where the serving certificate is read")
+	flag.BoolVar(&o.RotateCerts, "rotate-certs", true, "generate and rotate the webhook certificate; turn off when cert-manager provides it")
+	flag.StringVar(&o.MetricsBindAddress, "metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
+	flag.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
+	flag.BoolVar(&o.LeaderElect, "leader-elect", false, "elect a leader to run the controllers, for several replicas")
+	klog.InitFlags(nil)
+	flag.Parse()
+	ctrl.SetLogger(klog.NewKlogr())
+
+	o.Webhooks, o.Controllers = split(hooks), split(controllers)
+	keys, err := placement.Preset(preset)
+	if err != nil {
+		fail(fmt.Errorf("--placement-preset: %w", err))
+	}
+	o.Webhook.Keys = keys
+	ctx := ctrl.SetupSignalHandler()
+	if err := manager.Run(ctx, ctrl.GetConfigOrDie(), o); err != nil {
+		fail(err)
+	}
+}
+
+func split(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "berth-manager: %v\n", err)
+	os.Exit(1)
+}

@@ -1,0 +1,123 @@
+// Package buildqueue releases queued build Jobs. Builds are admitted
+// suspended; this controller unsuspends them per org, oldest first, while the
+// org runs fewer than spec.maxConcurrentBuilds. It counts on the API server,
+// not a cache, and runs only on the leader, so it never releases one too many.
+package buildqueue
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	batchv1 "k8s.io/api/batch/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/controllers"
+	"berth.dev/berth/webhooks"
+)
+
+// Name is the controller's name.
+const Name = "buildqueue"
+
+// Controller releases queued builds.
+type Controller struct {
+	client client.Client // cached reads, writes
+	reader client.Reader // exact reads, from the API server
+}
+
+// NewController returns a Controller.
+func NewController(c client.Client, reader client.Reader) *Controller {
+	return &Controller{client: c, reader: reader}
+}
+
+// Name returns the controller's name.
+func (c *Controller) Name() string { return Name }
+
+// Register adds the controller to the manager.
+func (c *Controller) Register(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).Named(Name).
+		For(&berthv1alpha1.Organization{}).
+		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest),
+			builder.WithPredicates(controllers.Labelled)).
+		Complete(c)
+}
+
+// Reconcile releases what fits of one org's queue.
+func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	org := &berthv1alpha1.Organization{}
+	if err := c.client.Get(ctx, req.NamespacedName, org); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	var jobs batchv1.JobList
+	if err := c.reader.List(ctx, &jobs, client.MatchingLabels{
+		berthv1alpha1.LabelClass: string(berthv1alpha1.ClassBuild),
+		berthv1alpha1.LabelOrg:   org.Name,
+	}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("list builds of org %s: %w", org.Name, err)
+	}
+	plan := Plan(org, jobs.Items)
+	log := ctrl.LoggerFrom(ctx)
+	for _, j := range plan.Release {
+		patch := client.MergeFromWithOptions(j.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		j.Spec.Suspend = ptr.To(false)
+		if err := c.client.Patch(ctx, j, patch); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				return ctrl.Result{Requeue: true}, nil
+			}
+			return ctrl.Result{}, fmt.Errorf("release build %s/%s: %w", j.Namespace, j.Name, err)
+		}
+		log.Info("released build", "org", org.Name, "job", client.ObjectKeyFromObject(j),
+			"queuedAt", j.Annotations[webhooks.AnnotationQueuedAt], "running", plan.Running+1)
+		plan.Running++
+	}
+	return ctrl.Result{}, nil
+}
+
+// Decision is what Plan decided for one org.
+type Decision struct {
+	Running int
+	Queued  []*batchv1.Job // oldest first, the released ones included
+	Release []*batchv1.Job
+}
+
+// Plan decides which of an org's queued builds to release: the oldest, as
+// many as spec.maxConcurrentBuilds leaves room for (all when unset).
+func Plan(org *berthv1alpha1.Organization, jobs []batchv1.Job) Decision {
+	var d Decision
+	for i := range jobs {
+		j := &jobs[i]
+		if controllers.JobFinished(j) || j.DeletionTimestamp != nil {
+			continue
+		}
+		if ptr.Deref(j.Spec.Suspend, false) {
+			if j.Annotations[webhooks.AnnotationQueuedAt] != "" {
+				d.Queued = append(d.Queued, j)
+			}
+			continue
+		}
+		d.Running++
+	}
+	sort.SliceStable(d.Queued, func(a, b int) bool {
+		ja, jb := d.Queued[a], d.Queued[b]
+		ta, tb := webhooks.QueuedAt(ja), webhooks.QueuedAt(jb)
+		if !ta.Equal(tb) {
+			return ta.Before(tb)
+		}
+		if !ja.CreationTimestamp.Equal(&jb.CreationTimestamp) {
+			return ja.CreationTimestamp.Before(&jb.CreationTimestamp)
+		}
+		return ja.Namespace+"/"+ja.Name < jb.Namespace+"/"+jb.Name
+	})
+	slots := len(d.Queued)
+	if m := org.Spec.MaxConcurrentBuilds; m != nil {
+		slots = max(0, int(*m)-d.Running)
+	}
+	d.Release = d.Queued[:min(slots, len(d.Queued))]
+	return d
+}

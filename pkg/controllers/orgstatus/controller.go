@@ -1,0 +1,184 @@
+// Package orgstatus keeps each org's quota ledger clean and its status
+// current. A ledger entry leaves when its Pod finishes or is gone (a Pod
+// whose creation failed after admission never appears, and its entry goes
+// after a grace period). The status counts workspaces, GPUs, running and
+// queued builds.
+package orgstatus
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/equality"
+	kerrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/controllers"
+	"berth.dev/berth/pkg/controllers/buildqueue"
+	"berth.dev/berth/pkg/quota"
+)
+
+// Name is the controller's name.
+const Name = "orgstatus"
+
+// Grace is how long an admitted Pod may take to appear before its ledger
+// entry is taken for a failed creation.
+const Grace = 30 * time.Second
+
+// Controller cleans ledgers and writes Organization status.
+type Controller struct {
+	client client.Client
+	reader client.Reader
+	ledger *quota.Ledger
+	clock  clock.Clock
+	// gone holds the UIDs of Pods seen deleted, so their charge is released
+	// at once rather than after the grace period.
+	gone sync.Map
+}
+
+// NewController returns a Controller.
+func NewController(c client.Client, reader client.Reader, ledger *quota.Ledger, clk clock.Clock) *Controller {
+	return &Controller{client: c, reader: reader, ledger: ledger, clock: clk}
+}
+
+// Name returns the controller's name.
+func (c *Controller) Name() string { return Name }
+
+// Register adds the controller to the manager.
+func (c *Controller) Register(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).Named(Name).
+		For(&berthv1alpha1.Organization{}).
+		Watches(&corev1.Pod{}, c.podHandler(), builder.WithPredicates(controllers.Labelled)).
+		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest), builder.WithPredicates(controllers.Labelled)).
+		Complete(c)
+}
+
+// podHandler enqueues a Pod's org, and remembers Pods that are deleted.
+func (c *Controller) podHandler() handler.EventHandler {
+	enqueue := handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest)
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue.Create(ctx, e, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue.Update(ctx, e, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			c.gone.Store(e.Object.GetUID(), c.clock.Now())
+			enqueue.Delete(ctx, e, q)
+		},
+	}
+}
+
+// Reconcile cleans one org's ledger and updates its status.
+func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	org := &berthv1alpha1.Organization{}
+	if err := c.client.Get(ctx, req.NamespacedName, org); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	entries, err := c.ledger.Entries(ctx, org.Name)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	c.forgetOldDeletions()
+	stale, wait, err := c.staleEntries(ctx, entries)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if len(stale) > 0 {
+		if err := c.ledger.Release(ctx, org.Name, stale); err != nil {
+			return ctrl.Result{}, fmt.Errorf("release ledger entries of org %s: %w", org.Name, err)
+		}
+		for k := range stale {
+			delete(entries, k)
+		}
+	}
+	var jobs batchv1.JobList
+	if err := c.client.List(ctx, &jobs, client.MatchingLabels{
+		berthv1alpha1.LabelClass: string(berthv1alpha1.ClassBuild), berthv1alpha1.LabelOrg: org.Name,
+	}); err != nil {
+		return ctrl.Result{}, err
+	}
+	plan := buildqueue.Plan(org, jobs.Items)
+	usage := quota.UsageOf(entries)
+	status := org.Status.DeepCopy()
+	status.ObservedGeneration = org.Generation
+	status.Workspaces = int32(usage.Workspaces)
+	status.GPUs = int32(usage.GPUs)
+	status.RunningBuilds = int32(plan.Running)
+	status.QueuedBuilds = int32(len(plan.Queued))
+	if !apierrors.Semantic.DeepEqual(status, &org.Status) {
+		patch := client.MergeFrom(org.DeepCopy())
+		org.Status = *status
+		if err := c.client.Status().Patch(ctx, org, patch); err != nil && !kerrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("update status of org %s: %w", org.Name, err)
+		}
+	}
+	if wait > 0 {
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// forgetOldDeletions drops deletions of Pods no ledger held.
+func (c *Controller) forgetOldDeletions() {
+	now := c.clock.Now()
+	c.gone.Range(func(k, v any) bool {
+		if now.Sub(v.(time.Time)) > 5*time.Minute {
+			c.gone.Delete(k)
+		}
+		return true
+	})
+}
+
+// staleEntries returns the entries whose Pod finished or is gone, and how
+// long to wait before looking again at entries too young to judge.
+func (c *Controller) staleEntries(ctx context.Context, entries map[string]quota.Entry) (map[string]types.UID, time.Duration, error) {
+	stale := map[string]types.UID{}
+	var wait time.Duration
+	now := c.clock.Now()
+	for key, e := range entries {
+		pod := &corev1.Pod{}
+		err := c.client.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, pod)
+		if err == nil && pod.UID == e.UID {
+			if controllers.PodFinished(pod) {
+				stale[key] = e.UID
+			}
+			continue
+		}
+		if err != nil && !kerrors.IsNotFound(err) {
+			return nil, 0, err
+		}
+		if _, deleted := c.gone.LoadAndDelete(e.UID); deleted {
+			stale[key] = e.UID
+			continue
+		}
+		// Not in the cache, or another Pod of that name: ask the API server,
+		// after the grace period a fresh Pod may need to show up.
+		if age := now.Sub(e.Admitted); age < Grace {
+			wait = max(wait, Grace-age)
+			continue
+		}
+		err = c.reader.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, pod)
+		switch {
+		case kerrors.IsNotFound(err), err == nil && pod.UID != e.UID, err == nil && controllers.PodFinished(pod):
+			stale[key] = e.UID
+		case err != nil:
+			return nil, 0, err
+		}
+	}
+	return stale, wait, nil
+}

@@ -1,0 +1,279 @@
+// Package manager wires berth-manager: the admission webhooks, the
+// certificate rotator and the controllers, chosen by flags, in one
+// controller-runtime manager.
+package manager
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/certs"
+	"berth.dev/berth/pkg/controllers/buildqueue"
+	"berth.dev/berth/pkg/controllers/orgstatus"
+	"berth.dev/berth/pkg/quota"
+	"berth.dev/berth/webhooks"
+)
+
+// Controllers names the controllers berth-manager can run.
+var Controllers = []string{buildqueue.Name, orgstatus.Name}
+
+// Options are berth-manager's flags.
+type Options struct {
+	Webhooks    []string
+	Controllers []string
+	Webhook     webhooks.Config
+	// WebhookBindAddress is host:port the webhook server listens on.
+	WebhookBindAddress string
+	// WebhookURL, when set, makes berth-manager register its own webhook
+	// configurations with this base URL (the local cluster). Otherwise the
+	// Helm chart's configurations, pointing at WebhookService, are used.
+	WebhookURL     string
+	WebhookService string
+	CertDir        string
+	// RotateCerts runs the built-in certificate rotator; off when
+	// cert-manager provides the certificate.
+	RotateCerts            bool
+	MetricsBindAddress     string
+	HealthProbeBindAddress string
+	LeaderElect            bool
+}
+
+// Scheme has the built-in types and berth's.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := berthv1alpha1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run runs berth-manager until ctx ends.
+func Run(ctx context.Context, cfg *rest.Config, o Options) error {
+	log := ctrl.LoggerFrom(ctx)
+	scheme, err := Scheme()
+	if err != nil {
+		return err
+	}
+	host, port, err := splitHostPort(o.WebhookBindAddress)
+	if err != nil {
+		return fmt.Errorf("--webhook-bind-address %q: %w; use host:port such as 127.0.0.1:9443", o.WebhookBindAddress, err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsBindAddress},
+		HealthProbeBindAddress:  o.HealthProbeBindAddress,
+		LeaderElection:          o.LeaderElect,
+		LeaderElectionID:        "berth-manager",
+		LeaderElectionNamespace: o.Webhook.Namespace,
+		WebhookServer:           webhook.NewServer(webhook.Options{}), // unused: the real one starts once certificates exist
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	direct, err := client.New(cfg, client.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return err
+	}
+	if o.Webhook.ManagerUsername == "" {
+		if o.Webhook.ManagerUsername, err = whoAmI(ctx, direct); err != nil {
+			return err
+		}
+	}
+	if err := addControllers(mgr, direct, o); err != nil {
+		return err
+	}
+	if len(o.Webhooks) > 0 {
+		if err := addWebhooks(ctx, mgr, direct, o, host, port); err != nil {
+			return err
+		}
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	log.Info("starting berth-manager", "webhooks", o.Webhooks, "controllers", o.Controllers,
+		"webhookBindAddress", o.WebhookBindAddress, "namespace", o.Webhook.Namespace, "managerUsername", o.Webhook.ManagerUsername)
+	return mgr.Start(ctx)
+}
+
+func addControllers(mgr ctrl.Manager, direct client.Client, o Options) error {
+	for _, name := range o.Controllers {
+		var err error
+		switch name {
+		case buildqueue.Name:
+			err = buildqueue.NewController(mgr.GetClient(), mgr.GetAPIReader()).Register(mgr)
+		case orgstatus.Name:
+			ledger := &quota.Ledger{Client: direct, Namespace: o.Webhook.Namespace}
+			err = orgstatus.NewController(mgr.GetClient(), mgr.GetAPIReader(), ledger, clock.RealClock{}).Register(mgr)
+		default:
+			err = fmt.Errorf("--controllers: %q is unknown; use any of %v", name, Controllers)
+		}
+		if err != nil {
+			return fmt.Errorf("controller %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// addWebhooks starts the webhook server once the rotator has put a
+// certificate in the certificate directory.
+func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, o Options, host string, port int) error {
+	srv := webhook.NewServer(webhook.Options{
+		Host:    host,
+		Port:    port,
+		CertDir: o.CertDir,
+		// HTTP/1.1 only: each API server connection then reaches one replica
+		// through a Service, and HTTP/2's rapid-reset attacks do not apply.
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+	})
+	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
+		return err
+	}
+	dnsName := fmt.Sprintf("%s.%s.svc", o.WebhookService, o.Webhook.Namespace)
+	if o.WebhookURL != "" {
+		u, err := url.Parse(o.WebhookURL)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+			return fmt.Errorf("--webhook-url %q is not an https URL; use for example https://localhost:9443", o.WebhookURL)
+		}
+		dnsName = u.Hostname()
+		if err := registerConfigurations(ctx, direct, o); err != nil {
+			return err
+		}
+	}
+	if !o.RotateCerts {
+		return mgr.Add(srv)
+	}
+	ready := make(chan struct{})
+	err := certs.Setup(ctx, mgr, direct, certs.Options{
+		Secret:             types.NamespacedName{Namespace: o.Webhook.Namespace, Name: "berth-webhook-cert"},
+		CertDir:            o.CertDir,
+		DNSName:            dnsName,
+		MutatingWebhooks:   []string{webhooks.ConfigurationName},
+		ValidatingWebhooks: []string{webhooks.ConfigurationName},
+		Sync:               o.WebhookURL != "",
+	}, ready)
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return
+		}
+		// The rotator is ready when the Secret is; wait for the files too.
+		for !fileExists(o.CertDir+"/tls.crt") || !fileExists(o.CertDir+"/tls.key") {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if err := mgr.Add(srv); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "start webhook server")
+		}
+	}()
+	return nil
+}
+
+// registerConfigurations creates berth's webhook configurations pointing at
+// the URL, keeping the CA bundle the rotator injected into existing ones.
+func registerConfigurations(ctx context.Context, c client.Client, o Options) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Webhook.Namespace}}
+	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns.Name, err)
+	}
+	mut, val := webhooks.Configurations(o.Webhook, webhooks.Endpoint{URL: o.WebhookURL})
+	for _, obj := range []client.Object{mut, val} {
+		err := c.Create(ctx, obj)
+		if apierrors.IsAlreadyExists(err) {
+			err = updateKeepingCA(ctx, c, obj)
+		}
+		if err != nil {
+			return fmt.Errorf("register %T %s: %w", obj, obj.GetName(), err)
+		}
+	}
+	return nil
+}
+
+func updateKeepingCA(ctx context.Context, c client.Client, obj client.Object) error {
+	switch want := obj.(type) {
+	case *admissionregistrationv1.MutatingWebhookConfiguration:
+		got := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(want), got); err != nil {
+			return err
+		}
+		for i := range want.Webhooks {
+			if i < len(got.Webhooks) {
+				want.Webhooks[i].ClientConfig.CABundle = got.Webhooks[i].ClientConfig.CABundle
+			}
+		}
+		want.ResourceVersion = got.ResourceVersion
+	case *admissionregistrationv1.ValidatingWebhookConfiguration:
+		got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(want), got); err != nil {
+			return err
+		}
+		for i := range want.Webhooks {
+			if i < len(got.Webhooks) {
+				want.Webhooks[i].ClientConfig.CABundle = got.Webhooks[i].ClientConfig.CABundle
+			}
+		}
+		want.ResourceVersion = got.ResourceVersion
+	}
+	return c.Update(ctx, obj)
+}
+
+// whoAmI returns the user berth-manager acts as.
+func whoAmI(ctx context.Context, c client.Client) (string, error) {
+	r := &authenticationv1.SelfSubjectReview{}
+	if err := c.Create(ctx, r); err != nil {
+		return "", fmt.Errorf("find own username (SelfSubjectReview): %w; set --manager-username", err)
+	}
+	return r.Status.UserInfo.Username, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, err
+	}
+	return host, port, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -1,0 +1,266 @@
+package framework
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// binaries holds berth binaries built once per test process.
+var binaries struct {
+	mu    sync.Mutex
+	built map[string]string
+}
+
+// Binary builds ./cmd/<name> once per test process and returns its path.
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	requireMain(t)
+	binaries.mu.Lock()
+	defer binaries.mu.Unlock()
+	if p, ok := binaries.built[name]; ok {
+		return p
+	}
+	out := filepath.Join(state.dir, "bin", name)
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", out, "./cmd/"+name)
+	cmd.Dir = state.root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, b)
+	}
+	if binaries.built == nil {
+		binaries.built = map[string]string{}
+	}
+	binaries.built[name] = out
+	return out
+}
+
+// Process is a berth binary running for a test.
+type Process struct {
+	Name    string
+	Metrics string // http://host:port of its /metrics
+	Health  string // http://host:port of its /healthz and /readyz
+	Webhook string // host:port of its webhook server
+	Log     string // path of its log
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// ManagerOptions start a berth-manager.
+type ManagerOptions struct {
+	// Args are extra flags; they win over the defaults.
+	Args []string
+	// WebhookURL is the base URL the API server is told to call; default
+	// https://localhost:<its webhook port>.
+	WebhookURL string
+	// WebhookPort is the port to serve webhooks on; 0 picks a free one.
+	WebhookPort int
+}
+
+// StartManager starts berth-manager against the cluster, serving webhooks on
+// 127.0.0.1, and waits until it is ready and the API server trusts its
+// certificate. It is stopped when the test ends.
+func StartManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
+	t.Helper()
+	p := startManager(t, env, o)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
+	t.Helper()
+	bin := Binary(t, "berth-manager")
+	ports := make([]int, 3)
+	for i := range ports {
+		var err error
+		if ports[i], err = freePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.WebhookPort != 0 {
+		ports[0] = o.WebhookPort
+	}
+	if o.WebhookURL == "" {
+		o.WebhookURL = fmt.Sprintf("https://localhost:%d", ports[0])
+	}
+	dir, err := os.MkdirTemp(state.dir, "berth-manager-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{
+		Name:    "berth-manager",
+		Webhook: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		Metrics: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		Health:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
+		Log:     filepath.Join(dir, "log"),
+		done:    make(chan struct{}),
+	}
+	args := append([]string{
+		"--kubeconfig", env.Kubeconfig(),
+		"--webhook-bind-address", p.Webhook,
+		"--webhook-url", o.WebhookURL,
+		"--metrics-bind-address", strings.TrimPrefix(p.Metrics, "http://"),
+		"--health-probe-bind-address", strings.TrimPrefix(p.Health, "http://"),
+		"--cert-dir", filepath.Join(dir, "certs"),
+	}, o.Args...)
+	log, err := os.Create(p.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = log, log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start berth-manager: %v", err)
+	}
+	log.Close()
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	state.watchdog.add(fmt.Sprintf("kill -9 %d", p.cmd.Process.Pid))
+
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	if err := p.waitReady(ctx); err != nil {
+		p.Stop()
+		t.Fatalf("berth-manager not ready: %v\n%s", err, p.Tail(40))
+	}
+	if err := waitCABundles(ctx, env.Client); err != nil {
+		p.Stop()
+		t.Fatalf("webhook CA not injected: %v\n%s", err, p.Tail(40))
+	}
+	return p
+}
+
+// Stop stops the process and waits for it.
+func (p *Process) Stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Tail returns the last n lines of the process's log.
+func (p *Process) Tail(n int) string {
+	f, err := os.Open(p.Log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (p *Process) waitReady(ctx context.Context) error {
+	for {
+		select {
+		case <-p.done:
+			return fmt.Errorf("exited")
+		default:
+		}
+		resp, err := http.Get(p.Health + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// MetricValue sums a counter or gauge of the process's /metrics over all
+// label sets that contain every one of the given label pairs ("k=\"v\"").
+func (p *Process) MetricValue(name string, labels ...string) (float64, error) {
+	resp, err := http.Get(p.Metrics + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v); err == nil {
+			sum += v
+		}
+	}
+	return sum, sc.Err()
+}
+
+// waitCABundles waits until every webhook of berth's configurations carries
+// a CA bundle.
+func waitCABundles(ctx context.Context, c client.Client) error {
+	for {
+		mut := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		val := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		ok := c.Get(ctx, client.ObjectKey{Name: "berth"}, mut) == nil && c.Get(ctx, client.ObjectKey{Name: "berth"}, val) == nil
+		for _, w := range mut.Webhooks {
+			ok = ok && len(w.ClientConfig.CABundle) > 0
+		}
+		for _, w := range val.Webhooks {
+			ok = ok && len(w.ClientConfig.CABundle) > 0
+		}
+		if ok && len(mut.Webhooks) > 0 && len(val.Webhooks) > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// StartPackageManager is StartManager for a process the package's tests
+// share: it is stopped at the package's teardown, not the test's end.
+func StartPackageManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
+	t.Helper()
+	p := startManager(t, env, o)
+	state.mu.Lock()
+	onTeardown("", p.Stop)
+	state.mu.Unlock()
+	return p
+}

@@ -1,0 +1,160 @@
+package admission
+
+import (
+	"context"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/placement"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+	"berth.dev/berth/webhooks"
+)
+
+func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(5))
+	ns := env.Namespace(t, org.Name)
+
+	job := testutil.Job("build").Namespace(ns).Class(berthv1alpha1.ClassBuild).User("ana").Project("shop").
+		Command("mvn", "package").Obj()
+	env.Create(t, job)
+	tmpl := job.Spec.Template
+	assert.Equal(t, org.Name, job.Labels[berthv1alpha1.LabelOrg])
+	assert.Equal(t, org.Name, tmpl.Labels[berthv1alpha1.LabelOrg])
+	assert.Equal(t, "false", tmpl.Annotations[webhooks.AnnotationSafeToEvict])
+	assert.Equal(t, "true", tmpl.Annotations[webhooks.AnnotationDoNotDisrupt])
+	assert.NotEmpty(t, job.Annotations[webhooks.AnnotationQueuedAt], "builds are admitted through the queue")
+	scratch := volume(tmpl.Spec.Volumes, webhooks.ScratchVolume)
+	require.NotNil(t, scratch, "scratch volume")
+	assert.Equal(t, "20Gi", scratch.EmptyDir.SizeLimit.String())
+	main := tmpl.Spec.Containers[0]
+	assert.Equal(t, "10Gi", ptr.To(main.Resources.Requests[corev1.ResourceEphemeralStorage]).String())
+	assert.Equal(t, "20Gi", ptr.To(main.Resources.Limits[corev1.ResourceEphemeralStorage]).String())
+	keys, err := placement.Preset(placement.PresetAKS)
+	require.NoError(t, err)
+	terms := tmpl.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	require.Len(t, terms, 1)
+	assert.Contains(t, terms[0].MatchExpressions, keys.LocalSSD.Requirement(false))
+	assert.Contains(t, tmpl.Spec.Tolerations, placement.Toleration(keys.SpotTaint))
+
+	// The queue releases it; the Job controller creates its Pod from the
+	// mutated template, and the Pod webhook finds nothing left to do.
+	var pods corev1.PodList
+	framework.Eventually(t, time.Minute, "the build's Pod", func(ctx context.Context) (bool, error) {
+		err := env.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{"job-name": "build"})
+		return len(pods.Items) > 0, err
+	})
+	pod := pods.Items[0].DeepCopy()
+	again := pod.DeepCopy()
+	target := webhooks.Target{Class: berthv1alpha1.ClassBuild, Org: org, Config: webhooks.Config{Keys: keys}}
+	webhooks.MutatePod(&again.ObjectMeta, &again.Spec, target)
+	assert.True(t, equality.Semantic.DeepEqual(pod.Spec, again.Spec), "mutating the Job's Pod again changes nothing")
+	assert.Equal(t, tmpl.Spec.Affinity, pod.Spec.Affinity)
+	assert.Equal(t, tmpl.Spec.SecurityContext, pod.Spec.SecurityContext)
+
+	framework.Eventually(t, time.Minute, "the build to complete on a spot local-SSD node", func(ctx context.Context) (bool, error) {
+		got := &batchv1.Job{}
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(job), got)
+		return got.Status.Succeeded == 1, err
+	})
+	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKeyFromObject(pod), pod))
+	node := &corev1.Node{}
+	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Name: pod.Spec.NodeName}, node))
+	assert.Equal(t, "spot-ssd", node.Labels["berth.dev/pool"])
+}
+
+func TestQueuedBuildsAreReleasedInOrder(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(1))
+	ns := env.Namespace(t, org.Name)
+
+	const n = 5
+	var names []string
+	for i := range n {
+		name := "build-" + string(rune('a'+i))
+		names = append(names, name)
+		env.Create(t, testutil.Job(name).Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj())
+	}
+	var jobs batchv1.JobList
+	framework.Eventually(t, 2*time.Minute, "every build to complete", func(ctx context.Context) (bool, error) {
+		err := env.Client.List(ctx, &jobs, client.InNamespace(ns))
+		done := 0
+		for _, j := range jobs.Items {
+			done += int(j.Status.Succeeded)
+		}
+		return done == n, err
+	})
+	sort.Slice(jobs.Items, func(i, j int) bool {
+		return jobs.Items[i].Status.StartTime.Before(jobs.Items[j].Status.StartTime) ||
+			jobs.Items[i].Status.StartTime.Equal(jobs.Items[j].Status.StartTime) && jobs.Items[i].Name < jobs.Items[j].Name
+	})
+	for i, j := range jobs.Items {
+		assert.Equal(t, names[i], j.Name, "release order")
+		if i > 0 {
+			prev := jobs.Items[i-1]
+			// One slot: each build starts no earlier than the one before it ended.
+			assert.False(t, j.Status.StartTime.Before(prev.Status.CompletionTime),
+				"%s started at %s, before %s completed at %s", j.Name, j.Status.StartTime, prev.Name, prev.Status.CompletionTime)
+		}
+	}
+}
+
+func TestUsersCannotReleaseTheirOwnQueuedBuild(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(0))
+	ns := env.Namespace(t, org.Name)
+	job := testutil.Job("waiting").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()
+	env.Create(t, job)
+	require.True(t, ptr.Deref(job.Spec.Suspend, false), "over quota, the build waits suspended")
+
+	// A developer with edit rights in the namespace tries to unsuspend it.
+	env.Create(t, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ana-edit"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "ana"}},
+	})
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "ana", Groups: []string{"system:authenticated"}}
+	ana, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	require.NoError(t, err)
+	got := &batchv1.Job{}
+	require.NoError(t, ana.Get(t.Context(), client.ObjectKeyFromObject(job), got))
+	got.Spec.Suspend = ptr.To(false)
+	err = ana.Update(t.Context(), got)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "spec.suspend: Forbidden")
+	assert.Contains(t, err.Error(), "berth releases queued builds in the order they came")
+
+	// Raising the org's cap releases it.
+	patch := client.MergeFrom(org.DeepCopy())
+	org.Spec.MaxConcurrentBuilds = ptr.To[int32](1)
+	require.NoError(t, env.Client.Patch(t.Context(), org, patch))
+	framework.Eventually(t, time.Minute, "the build to be released", func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(job), got)
+		return !ptr.Deref(got.Spec.Suspend, true), err
+	})
+}
+
+func volume(vs []corev1.Volume, name string) *corev1.Volume {
+	for i := range vs {
+		if vs[i].Name == name {
+			return &vs[i]
+		}
+	}
+	return nil
+}
+

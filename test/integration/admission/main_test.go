@@ -1,0 +1,31 @@
+// Package admission tests berth's webhooks registered in a real API server:
+// berth-manager runs as a process and the API server calls it over TLS.
+package admission
+
+import (
+	"sync"
+	"testing"
+
+	"berth.dev/berth/test/framework"
+)
+
+func TestMain(m *testing.M) { framework.Main(m) }
+
+var (
+	managerOnce sync.Once
+	manager     *framework.Process
+)
+
+// setup returns the cluster with one berth-manager serving the webhooks and
+// running the controllers. It keeps Pods' schedulerName (the stock scheduler
+// places them) so that builds run and finish on the fake nodes.
+func setup(t *testing.T) *framework.ClusterEnv {
+	env := framework.Cluster(t)
+	managerOnce.Do(func() {
+		manager = framework.StartPackageManager(t, env, framework.ManagerOptions{Args: []string{"--scheduler-name="}})
+	})
+	if manager == nil {
+		t.Fatal("berth-manager failed to start in an earlier test")
+	}
+	return env
+}

@@ -1,0 +1,103 @@
+package webhooks
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/placement"
+)
+
+// DefaultSchedulerName is berth-scheduler's schedulerName.
+const DefaultSchedulerName = "berth-scheduler"
+
+// Config is what the platform team sets for the webhooks.
+type Config struct {
+	// SchedulerName is written into labelled Pods; empty keeps the Pod's.
+	SchedulerName string
+	// Keys are the node labels and taints placement uses.
+	Keys placement.Keys
+	// Namespace is berth's own namespace: never handled; the quota ledgers
+	// live there.
+	Namespace string
+	// PriorityClassPrefix names the PriorityClass of each class:
+	// {prefix}{class}, such as berth-build. Used when it exists.
+	PriorityClassPrefix string
+	// ManagerUsername is the user berth-manager's controllers act as; only
+	// it may release a queued build.
+	ManagerUsername string
+}
+
+// Resolver finds what a decision needs: the org of a namespace and the
+// priority class of a class. It reads through a cache, and asks the API
+// server when the cache has not seen an object yet (a namespace created a
+// moment ago).
+type Resolver struct {
+	Reader    client.Reader
+	APIReader client.Reader
+	Config    Config
+}
+
+func (r *Resolver) get(ctx context.Context, key client.ObjectKey, obj client.Object) error {
+	err := r.Reader.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) && r.APIReader != nil {
+		err = r.APIReader.Get(ctx, key, obj)
+	}
+	return err
+}
+
+// Target resolves the Target of an object in namespace ns with class label
+// value classValue. A nil error with a nil Target never happens.
+func (r *Resolver) Target(ctx context.Context, ns, classValue string, path *field.Path) (*Target, *field.Error) {
+	class, ferr := ValidateClass(classValue, path)
+	if ferr != nil {
+		return nil, ferr
+	}
+	var nsObj corev1.Namespace
+	if err := r.get(ctx, client.ObjectKey{Name: ns}, &nsObj); err != nil {
+		return nil, field.InternalError(path.Child("namespace"), fmt.Errorf("read namespace %s: %w", ns, err))
+	}
+	orgName := nsObj.Labels[berthv1alpha1.LabelOrg]
+	if orgName == "" {
+		return nil, field.Invalid(path.Child("namespace"), ns, fmt.Sprintf(
+			"namespace %s has no %s label, so berth cannot tell which Organization it belongs to; ask the platform team to run: kubectl label namespace %s %s=<org>",
+			ns, berthv1alpha1.LabelOrg, ns, berthv1alpha1.LabelOrg))
+	}
+	org := &berthv1alpha1.Organization{}
+	if err := r.get(ctx, client.ObjectKey{Name: orgName}, org); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, field.Invalid(path.Child("namespace"), ns, fmt.Sprintf(
+				"namespace %s belongs to Organization %q (label %s), which does not exist; ask the platform team to create it or fix the label",
+				ns, orgName, berthv1alpha1.LabelOrg))
+		}
+		return nil, field.InternalError(path.Child("namespace"), fmt.Errorf("read Organization %s: %w", orgName, err))
+	}
+	t := &Target{Class: class, Org: org, Config: r.Config}
+	if r.Config.PriorityClassPrefix != "" {
+		pc := &schedulingv1.PriorityClass{}
+		err := r.Reader.Get(ctx, client.ObjectKey{Name: r.Config.PriorityClassPrefix + string(class)}, pc)
+		if err == nil {
+			t.PriorityClass = pc
+		} else if !apierrors.IsNotFound(err) {
+			return nil, field.InternalError(path.Child("spec", "priorityClassName"), err)
+		}
+	}
+	return t, nil
+}
+
+// Skipped reports whether berth never handles objects in namespace ns.
+func (c Config) Skipped(ns string) bool {
+	return ns == "kube-system" || ns == "kube-node-lease" || ns == "kube-public" || (c.Namespace != "" && ns == c.Namespace)
+}
+
+// classOf returns the class label, trimmed.
+func classOf(labels map[string]string) (string, bool) {
+	v, ok := labels[berthv1alpha1.LabelClass]
+	return v, ok
+}

@@ -1,0 +1,100 @@
+package webhooks
+
+import (
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+)
+
+// ConfigurationName names berth's MutatingWebhookConfiguration and
+// ValidatingWebhookConfiguration.
+const ConfigurationName = "berth"
+
+// Endpoint says how the API server reaches the webhooks: a Service in the
+// cluster, or a URL (the local cluster, https://localhost:PORT).
+type Endpoint struct {
+	Service *admissionregistrationv1.ServiceReference
+	URL     string
+	// CABundle verifies the webhooks' serving certificate; the certificate
+	// rotator keeps it current.
+	CABundle []byte
+}
+
+func (e Endpoint) clientConfig(path string) admissionregistrationv1.WebhookClientConfig {
+	cc := admissionregistrationv1.WebhookClientConfig{CABundle: e.CABundle}
+	if e.Service != nil {
+		svc := *e.Service
+		svc.Path = ptr.To(path)
+		cc.Service = &svc
+	} else {
+		cc.URL = ptr.To(e.URL + path)
+	}
+	return cc
+}
+
+// Configurations returns berth's webhook configurations: failurePolicy Fail
+// inside the scope (labelled objects outside system namespaces), a 3 s
+// timeout, and reinvocation so berth sees what later webhooks add.
+func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWebhookConfiguration, *admissionregistrationv1.ValidatingWebhookConfiguration) {
+	objectSelector := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+		Key: berthv1alpha1.LabelClass, Operator: metav1.LabelSelectorOpExists,
+	}}}
+	skipped := []string{"kube-system", "kube-node-lease", "kube-public"}
+	if cfg.Namespace != "" {
+		skipped = append(skipped, cfg.Namespace)
+	}
+	namespaceSelector := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+		Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: skipped,
+	}}}
+	rule := func(group, resource string, ops ...admissionregistrationv1.OperationType) []admissionregistrationv1.RuleWithOperations {
+		return []admissionregistrationv1.RuleWithOperations{{
+			Operations: ops,
+			Rule: admissionregistrationv1.Rule{
+				APIGroups: []string{group}, APIVersions: []string{"v1"}, Resources: []string{resource},
+				Scope: ptr.To(admissionregistrationv1.NamespacedScope),
+			},
+		}}
+	}
+	create := admissionregistrationv1.Create
+	update := admissionregistrationv1.Update
+	fail := ptr.To(admissionregistrationv1.Fail)
+	equivalent := ptr.To(admissionregistrationv1.Equivalent)
+	timeout := ptr.To[int32](3)
+	versions := []string{"v1"}
+
+	mutating := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: ConfigurationName},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name: "pods.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutatePod), Rules: rule("", "pods", create),
+			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
+			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNone),
+			ReinvocationPolicy: ptr.To(admissionregistrationv1.IfNeededReinvocationPolicy),
+			ObjectSelector:     objectSelector, NamespaceSelector: namespaceSelector,
+		}, {
+			Name: "jobs.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutateJob), Rules: rule("batch", "jobs", create),
+			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
+			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNone),
+			ReinvocationPolicy: ptr.To(admissionregistrationv1.IfNeededReinvocationPolicy),
+			ObjectSelector:     objectSelector, NamespaceSelector: namespaceSelector,
+		}},
+	}
+	validating := &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: ConfigurationName},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name: "pods.validate.berth.dev", ClientConfig: e.clientConfig(PathValidatePod), Rules: rule("", "pods", create),
+			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
+			// The quota ledger is written, except on dry runs.
+			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
+			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
+		}, {
+			Name: "jobs.validate.berth.dev", ClientConfig: e.clientConfig(PathValidateJob), Rules: rule("batch", "jobs", create, update),
+			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
+			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNone),
+			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
+		}},
+	}
+	return mutating, validating
+}

@@ -1,0 +1,359 @@
+package webhooks
+
+import (
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/placement"
+)
+
+// Names berth gives what it adds to a Pod, so a second pass recognises them.
+const (
+	ScratchVolume    = "berth-workspace"
+	ScratchMountPath = "/workspace"
+	CacheVolume      = "berth-cache"
+	CacheMountPath   = "/cache"
+
+	AnnotationSafeToEvict  = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+	AnnotationDoNotDisrupt = "karpenter.sh/do-not-disrupt"
+
+	// NonRootID is the user and group berth runs containers as when the Pod
+	// names none.
+	NonRootID int64 = 1000
+)
+
+// cacheEnv points Maven and Gradle at the build cache volume.
+var cacheEnv = []corev1.EnvVar{
+	{Name: "MAVEN_OPTS", Value: "-Dmaven.repo.local=" + CacheMountPath + "/m2"},
+	{Name: "GRADLE_USER_HOME", Value: CacheMountPath + "/gradle"},
+}
+
+// Target is everything a decision about one Pod needs, resolved before the
+// pure functions of this package run.
+type Target struct {
+	Class berthv1alpha1.Class
+	Org   *berthv1alpha1.Organization
+	// PriorityClass is the class's PriorityClass, nil when the cluster has
+	// none.
+	PriorityClass *schedulingv1.PriorityClass
+	Config        Config
+}
+
+// MutatePod makes a labelled Pod (or a Job's pod template) safe, sized and
+// placeable. It is idempotent: a second call changes nothing, so a Job's Pod
+// passes the Pod webhook unchanged.
+func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
+	if meta.Labels == nil {
+		meta.Labels = map[string]string{}
+	}
+	meta.Labels[berthv1alpha1.LabelOrg] = t.Org.Name
+
+	applyResourceDefaults(spec, t)
+	if t.Class == berthv1alpha1.ClassBuild {
+		addScratch(spec, t.Org)
+		addBuildCache(spec, t.Org)
+		setAnnotation(meta, AnnotationSafeToEvict, "false")
+		setAnnotation(meta, AnnotationDoNotDisrupt, "true")
+	}
+	harden(spec)
+	place(spec, t)
+	if pc := t.PriorityClass; pc != nil && spec.PriorityClassName == "" {
+		spec.PriorityClassName = pc.Name
+		spec.Priority = ptr.To(pc.Value)
+		if pc.PreemptionPolicy != nil {
+			spec.PreemptionPolicy = ptr.To(*pc.PreemptionPolicy)
+		}
+	}
+}
+
+func setAnnotation(meta *metav1.ObjectMeta, k, v string) {
+	if meta.Annotations == nil {
+		meta.Annotations = map[string]string{}
+	}
+	meta.Annotations[k] = v
+}
+
+// managed are the resources berth defaults and caps per container.
+var managed = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourceEphemeralStorage}
+
+// applyResourceDefaults gives containers the class defaults for resources
+// they leave unset, and a limit of the class maximum where they set only a
+// request. Inference containers that ask for no GPU get the default GPUs.
+func applyResourceDefaults(spec *corev1.PodSpec, t Target) {
+	policy := t.Org.Spec.Classes.Policy(t.Class)
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			c := &cs[i]
+			for _, name := range managed {
+				def, max := amount(policy.Default, name), amount(policy.Max, name)
+				_, hasReq := c.Resources.Requests[name]
+				_, hasLim := c.Resources.Limits[name]
+				switch {
+				case !hasReq && !hasLim && def != nil:
+					setResource(&c.Resources.Requests, name, *def)
+					setResource(&c.Resources.Limits, name, *def)
+				case hasReq && !hasLim && max != nil:
+					setResource(&c.Resources.Limits, name, *max)
+				}
+			}
+		}
+	}
+	if t.Class == berthv1alpha1.ClassInference && podGPUs(spec) == 0 && policy.Default != nil && policy.Default.GPUs != nil && *policy.Default.GPUs > 0 && len(spec.Containers) > 0 {
+		q := *resource.NewQuantity(int64(*policy.Default.GPUs), resource.DecimalSI)
+		setResource(&spec.Containers[0].Resources.Requests, placement.GPUResource, q)
+		setResource(&spec.Containers[0].Resources.Limits, placement.GPUResource, q)
+	}
+}
+
+// amount returns a resource of a policy's Resources, nil when unset.
+func amount(r *berthv1alpha1.Resources, name corev1.ResourceName) *resource.Quantity {
+	if r == nil {
+		return nil
+	}
+	switch name {
+	case corev1.ResourceCPU:
+		return r.CPU
+	case corev1.ResourceMemory:
+		return r.Memory
+	case corev1.ResourceEphemeralStorage:
+		return r.EphemeralStorage
+	case placement.GPUResource:
+		if r.GPUs == nil {
+			return nil
+		}
+		return resource.NewQuantity(int64(*r.GPUs), resource.DecimalSI)
+	}
+	return nil
+}
+
+func setResource(l *corev1.ResourceList, name corev1.ResourceName, q resource.Quantity) {
+	if *l == nil {
+		*l = corev1.ResourceList{}
+	}
+	(*l)[name] = q.DeepCopy()
+}
+
+// podGPUs is the GPUs a Pod holds while it runs: the largest of its init
+// containers' and the sum of its containers' requests (or limits).
+func podGPUs(spec *corev1.PodSpec) int64 {
+	get := func(c corev1.Container) int64 {
+		if q, ok := c.Resources.Limits[placement.GPUResource]; ok {
+			return q.Value()
+		}
+		q := c.Resources.Requests[placement.GPUResource]
+		return q.Value()
+	}
+	var sum, initMax int64
+	for _, c := range spec.Containers {
+		sum += get(c)
+	}
+	for _, c := range spec.InitContainers {
+		initMax = max(initMax, get(c))
+	}
+	return max(sum, initMax)
+}
+
+// PodGPUs is the nvidia.com/gpu a Pod holds while it runs.
+func PodGPUs(spec *corev1.PodSpec) int64 { return podGPUs(spec) }
+
+// addScratch gives a build its /workspace emptyDir on the node's disk, sized
+// from the Organization, and the matching ephemeral-storage request and
+// limit on its first container.
+func addScratch(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
+	limit := org.Spec.ScratchLimit()
+	request := org.Spec.ScratchRequest()
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == ScratchVolume }) {
+		spec.Volumes = append(spec.Volumes, corev1.Volume{
+			Name:         ScratchVolume,
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &limit}},
+		})
+	}
+	mountAll(spec, corev1.VolumeMount{Name: ScratchVolume, MountPath: ScratchMountPath})
+	if len(spec.Containers) > 0 {
+		c := &spec.Containers[0]
+		if _, ok := c.Resources.Requests[corev1.ResourceEphemeralStorage]; !ok {
+			setResource(&c.Resources.Requests, corev1.ResourceEphemeralStorage, request)
+		}
+		if _, ok := c.Resources.Limits[corev1.ResourceEphemeralStorage]; !ok {
+			setResource(&c.Resources.Limits, corev1.ResourceEphemeralStorage, limit)
+		}
+	}
+}
+
+// addBuildCache mounts the org's build-cache PVC at /cache and points Maven
+// and Gradle at it.
+func addBuildCache(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
+	claim := org.Spec.BuildCacheClaimName
+	if claim == "" {
+		return
+	}
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == CacheVolume }) {
+		spec.Volumes = append(spec.Volumes, corev1.Volume{
+			Name:         CacheVolume,
+			VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}},
+		})
+	}
+	mountAll(spec, corev1.VolumeMount{Name: CacheVolume, MountPath: CacheMountPath})
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		for _, e := range cacheEnv {
+			if !slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
+				c.Env = append(c.Env, e)
+			}
+		}
+	}
+}
+
+// mountAll mounts m into every container that has nothing at its path yet.
+func mountAll(spec *corev1.PodSpec, m corev1.VolumeMount) {
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			c := &cs[i]
+			if !slices.ContainsFunc(c.VolumeMounts, func(x corev1.VolumeMount) bool { return x.MountPath == m.MountPath }) {
+				c.VolumeMounts = append(c.VolumeMounts, m)
+			}
+		}
+	}
+}
+
+// harden sets, where the Pod leaves them unset, the security settings Pod
+// Security "restricted" asks for. What the Pod sets explicitly is kept; the
+// validating webhook denies what is unsafe.
+func harden(spec *corev1.PodSpec) {
+	if spec.SecurityContext == nil {
+		spec.SecurityContext = &corev1.PodSecurityContext{}
+	}
+	psc := spec.SecurityContext
+	if psc.RunAsNonRoot == nil {
+		psc.RunAsNonRoot = ptr.To(true)
+	}
+	if psc.RunAsUser == nil {
+		psc.RunAsUser = ptr.To(NonRootID)
+	}
+	if psc.FSGroup == nil {
+		psc.FSGroup = ptr.To(NonRootID)
+	}
+	if psc.SeccompProfile == nil {
+		psc.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+	}
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			hardenContainer(&cs[i])
+		}
+	}
+}
+
+func hardenContainer(c *corev1.Container) {
+	if c.SecurityContext == nil {
+		c.SecurityContext = &corev1.SecurityContext{}
+	}
+	sc := c.SecurityContext
+	if sc.RunAsNonRoot == nil {
+		sc.RunAsNonRoot = ptr.To(true)
+	}
+	// The API server rejects allowPrivilegeEscalation: false next to
+	// privileged or CAP_SYS_ADMIN with a message about our change; leave it
+	// unset there, and let validation deny the container in plain words.
+	if sc.AllowPrivilegeEscalation == nil && !ptr.Deref(sc.Privileged, false) && !addsSysAdmin(sc) {
+		sc.AllowPrivilegeEscalation = ptr.To(false)
+	}
+	if sc.SeccompProfile == nil {
+		sc.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+	}
+	if sc.Capabilities == nil {
+		sc.Capabilities = &corev1.Capabilities{}
+	}
+	if !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		sc.Capabilities.Drop = append(sc.Capabilities.Drop, "ALL")
+	}
+}
+
+func addsSysAdmin(sc *corev1.SecurityContext) bool {
+	return sc.Capabilities != nil && (slices.Contains(sc.Capabilities.Add, "SYS_ADMIN") || slices.Contains(sc.Capabilities.Add, "CAP_SYS_ADMIN"))
+}
+
+// place writes placement into fields the cluster-autoscaler and Karpenter
+// read: schedulerName, nodeAffinity and tolerations.
+func place(spec *corev1.PodSpec, t Target) {
+	if t.Config.SchedulerName != "" && (spec.SchedulerName == "" || spec.SchedulerName == corev1.DefaultSchedulerName) {
+		spec.SchedulerName = t.Config.SchedulerName
+	}
+	keys := t.Config.Keys
+	if t.Class == berthv1alpha1.ClassInference {
+		requireNodes(spec, keys.GPU.Requirement(false))
+		if keys.GPUTaint != nil {
+			tolerate(spec, placement.Toleration(keys.GPUTaint))
+		}
+		return
+	}
+	if t.Class == berthv1alpha1.ClassBuild {
+		requireNodes(spec, keys.LocalSSD.Requirement(false))
+	}
+	switch t.Org.Spec.SpotPolicyOrDefault() {
+	case berthv1alpha1.SpotOnly:
+		requireNodes(spec, keys.Spot.Requirement(false))
+		if keys.SpotTaint != nil {
+			tolerate(spec, placement.Toleration(keys.SpotTaint))
+		}
+	case berthv1alpha1.PreferSpot:
+		preferNodes(spec, 100, keys.Spot.Requirement(false))
+		if keys.SpotTaint != nil {
+			tolerate(spec, placement.Toleration(keys.SpotTaint))
+		}
+	case berthv1alpha1.OnDemand:
+		requireNodes(spec, keys.Spot.Requirement(true))
+	}
+}
+
+// requireNodes adds r to every required node selector term (they are ORed,
+// so r must hold in each), or makes a term of it.
+func requireNodes(spec *corev1.PodSpec, r corev1.NodeSelectorRequirement) {
+	na := nodeAffinity(spec)
+	if na.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		na.RequiredDuringSchedulingIgnoredDuringExecution = &corev1.NodeSelector{}
+	}
+	ns := na.RequiredDuringSchedulingIgnoredDuringExecution
+	if len(ns.NodeSelectorTerms) == 0 {
+		ns.NodeSelectorTerms = []corev1.NodeSelectorTerm{{}}
+	}
+	for i := range ns.NodeSelectorTerms {
+		term := &ns.NodeSelectorTerms[i]
+		if !slices.ContainsFunc(term.MatchExpressions, func(x corev1.NodeSelectorRequirement) bool { return equality.Semantic.DeepEqual(x, r) }) {
+			term.MatchExpressions = append(term.MatchExpressions, r)
+		}
+	}
+}
+
+// preferNodes adds a preferred term of r with weight w, once.
+func preferNodes(spec *corev1.PodSpec, w int32, r corev1.NodeSelectorRequirement) {
+	na := nodeAffinity(spec)
+	term := corev1.PreferredSchedulingTerm{Weight: w, Preference: corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{r}}}
+	if !slices.ContainsFunc(na.PreferredDuringSchedulingIgnoredDuringExecution, func(x corev1.PreferredSchedulingTerm) bool {
+		return equality.Semantic.DeepEqual(x, term)
+	}) {
+		na.PreferredDuringSchedulingIgnoredDuringExecution = append(na.PreferredDuringSchedulingIgnoredDuringExecution, term)
+	}
+}
+
+func nodeAffinity(spec *corev1.PodSpec) *corev1.NodeAffinity {
+	if spec.Affinity == nil {
+		spec.Affinity = &corev1.Affinity{}
+	}
+	if spec.Affinity.NodeAffinity == nil {
+		spec.Affinity.NodeAffinity = &corev1.NodeAffinity{}
+	}
+	return spec.Affinity.NodeAffinity
+}
+
+func tolerate(spec *corev1.PodSpec, t corev1.Toleration) {
+	if !slices.ContainsFunc(spec.Tolerations, func(x corev1.Toleration) bool { return equality.Semantic.DeepEqual(x, t) }) {
+		spec.Tolerations = append(spec.Tolerations, t)
+	}
+}

@@ -1,0 +1,59 @@
+package webhooks
+
+import (
+	"fmt"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"berth.dev/berth/pkg/quota"
+)
+
+// The paths the webhooks are served on.
+const (
+	PathMutatePod   = "/mutate-pod"
+	PathValidatePod = "/validate-pod"
+	PathMutateJob   = "/mutate-job"
+	PathValidateJob = "/validate-job"
+)
+
+// Kinds names the webhooks Setup can serve.
+var Kinds = []string{"pod", "job"}
+
+// Setup registers the webhooks of the given kinds ("pod", "job") on srv.
+// Reads of namespaces, Organizations and PriorityClasses go through the
+// manager's cache; the quota ledger is read and written on the API server.
+func Setup(mgr ctrl.Manager, srv webhook.Server, cfg Config, kinds []string) error {
+	resolver := &Resolver{Reader: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Config: cfg}
+	for _, k := range kinds {
+		switch k {
+		case "pod":
+			w := &PodWebhook{Resolver: resolver, Ledger: &quota.Ledger{
+				Client: directClient(mgr), Namespace: cfg.Namespace, OnConflict: quotaConflicts.Inc,
+			}}
+			srv.Register(PathMutatePod, admission.WithDefaulter[*corev1.Pod](mgr.GetScheme(), w))
+			srv.Register(PathValidatePod, admission.WithValidator[*corev1.Pod](mgr.GetScheme(), w))
+		case "job":
+			w := &JobWebhook{Resolver: resolver}
+			srv.Register(PathMutateJob, admission.WithDefaulter[*batchv1.Job](mgr.GetScheme(), w))
+			srv.Register(PathValidateJob, admission.WithValidator[*batchv1.Job](mgr.GetScheme(), w))
+		default:
+			return fmt.Errorf("webhook kind %q is unknown; use %v", k, Kinds)
+		}
+	}
+	return nil
+}
+
+// directClient reads from the API server, not the cache: quota decisions
+// must see the latest ledger.
+func directClient(mgr ctrl.Manager) client.Client {
+	c, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		panic(fmt.Sprintf("create API client: %v", err)) // only fails on a config the manager already accepted
+	}
+	return c
+}
