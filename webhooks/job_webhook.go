@@ -57,9 +57,8 @@ func (w *JobWebhook) Default(ctx context.Context, job *batchv1.Job) error {
 	MutatePod(&tmpl.ObjectMeta, &tmpl.Spec, *t)
 	if t.Class == berthv1alpha1.ClassBuild && d.operation == "CREATE" {
 		job.Spec.Suspend = ptr.To(true)
-		if job.Annotations[AnnotationQueuedAt] == "" {
-			setAnnotation(&job.ObjectMeta, AnnotationQueuedAt, w.now().UTC().Format(time.RFC3339Nano))
-		}
+		// berth's clock decides the order, never a value the user wrote.
+		setAnnotation(&job.ObjectMeta, AnnotationQueuedAt, w.now().UTC().Format(time.RFC3339Nano))
 	}
 	return d.allow()
 }
@@ -81,33 +80,49 @@ func (w *JobWebhook) ValidateCreate(ctx context.Context, job *batchv1.Job) (admi
 	return nil, d.allow()
 }
 
-// ValidateUpdate denies releasing a queued build by hand: only berth-manager
-// unsuspends queued builds, in order.
+// ValidateUpdate keeps the build queue berth's: only berth-manager
+// unsuspends a queued build or changes its place in the queue.
 func (w *JobWebhook) ValidateUpdate(ctx context.Context, old, job *batchv1.Job) (admission.Warnings, error) {
 	d := begin(ctx, "Job", "validate", job.Name)
-	if d.skip(w.Resolver.Config, job.Labels) {
+	// Judge by the stored Job: dropping the label in the same update must not
+	// open the way.
+	if d.skip(w.Resolver.Config, old.Labels) {
 		return nil, nil
 	}
-	d.org = job.Labels[berthv1alpha1.LabelOrg]
-	if !QueueJump(old, job) {
+	d.org = old.Labels[berthv1alpha1.LabelOrg]
+	errs := QueueChanges(old, job)
+	if len(errs) == 0 {
 		return nil, nil
 	}
 	req, err := admission.RequestFromContext(ctx)
 	if err == nil && req.UserInfo.Username == w.Resolver.Config.ManagerUsername {
 		return nil, d.allow()
 	}
-	ferr := field.Forbidden(field.NewPath("spec", "suspend"), fmt.Sprintf(
-		"build Job %s is queued for a build slot of Organization %q (spec.maxConcurrentBuilds); berth releases queued builds in the order they came (queued at %s); wait for it, or delete it",
-		job.Name, d.org, job.Annotations[AnnotationQueuedAt]))
-	return nil, d.deny("queue", apierrors.NewInvalid(jobKind, job.Name, field.ErrorList{ferr}))
+	return nil, d.deny("queue", apierrors.NewInvalid(jobKind, job.Name, errs))
 }
 
-// QueueJump reports whether an update unsuspends a build berth queued.
-func QueueJump(old, job *batchv1.Job) bool {
-	if job.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) || job.Annotations[AnnotationQueuedAt] == "" {
-		return false
+// QueueChanges lists what an update does to a queued build that only berth
+// may do: unsuspend it, or change its class label or queued-at annotation.
+func QueueChanges(old, job *batchv1.Job) field.ErrorList {
+	if old.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) || old.Annotations[AnnotationQueuedAt] == "" {
+		return nil
 	}
-	return ptr.Deref(old.Spec.Suspend, false) && !ptr.Deref(job.Spec.Suspend, false)
+	var errs field.ErrorList
+	org := old.Labels[berthv1alpha1.LabelOrg]
+	if ptr.Deref(old.Spec.Suspend, false) && !ptr.Deref(job.Spec.Suspend, false) {
+		errs = append(errs, field.Forbidden(field.NewPath("spec", "suspend"), fmt.Sprintf(
+			"build Job %s is queued for a build slot of Organization %q (spec.maxConcurrentBuilds); berth releases queued builds in the order they came (queued at %s); wait for it, or delete it",
+			job.Name, org, old.Annotations[AnnotationQueuedAt])))
+	}
+	if job.Annotations[AnnotationQueuedAt] != old.Annotations[AnnotationQueuedAt] {
+		errs = append(errs, field.Forbidden(field.NewPath("metadata", "annotations").Key(AnnotationQueuedAt),
+			"berth sets a build's place in the queue; leave this annotation as it is"))
+	}
+	if job.Labels[berthv1alpha1.LabelClass] != old.Labels[berthv1alpha1.LabelClass] {
+		errs = append(errs, field.Forbidden(field.NewPath("metadata", "labels").Key(berthv1alpha1.LabelClass),
+			"the class of a queued build cannot change; delete the Job and submit it again"))
+	}
+	return errs
 }
 
 // ValidateDelete allows every deletion.
@@ -127,4 +142,3 @@ func QueuedAt(job *batchv1.Job) time.Time {
 	t, _ := time.Parse(time.RFC3339Nano, job.Annotations[AnnotationQueuedAt])
 	return t
 }
-

@@ -168,7 +168,15 @@ func PodGPUs(spec *corev1.PodSpec) int64 { return podGPUs(spec) }
 // limit on its first container.
 func addScratch(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
 	limit := org.Spec.ScratchLimit()
+	// Never above what the build class allows: a scratch size the user did
+	// not choose must not get their build denied.
+	if m := amount(org.Spec.Classes.Build.Max, corev1.ResourceEphemeralStorage); m != nil && m.Cmp(limit) < 0 {
+		limit = *m
+	}
 	request := org.Spec.ScratchRequest()
+	if request.Cmp(limit) > 0 {
+		request = limit
+	}
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == ScratchVolume }) {
 		spec.Volumes = append(spec.Volumes, corev1.Volume{
 			Name:         ScratchVolume,
@@ -182,7 +190,11 @@ func addScratch(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
 			setResource(&c.Resources.Requests, corev1.ResourceEphemeralStorage, request)
 		}
 		if _, ok := c.Resources.Limits[corev1.ResourceEphemeralStorage]; !ok {
-			setResource(&c.Resources.Limits, corev1.ResourceEphemeralStorage, limit)
+			l := limit
+			if req := c.Resources.Requests[corev1.ResourceEphemeralStorage]; req.Cmp(l) > 0 {
+				l = req // a limit below the request is invalid
+			}
+			setResource(&c.Resources.Limits, corev1.ResourceEphemeralStorage, l)
 		}
 	}
 }

@@ -452,10 +452,10 @@ func TestMutatePodSecurityDefaults(t *testing.T) {
 					Capabilities:             &corev1.Capabilities{Add: []corev1.Capability{"NET_BIND_SERVICE"}, Drop: []corev1.Capability{"NET_RAW"}},
 				}
 				p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{
-					RunAsNonRoot:   ptr.To(false),
-					Privileged:     ptr.To(true),
-					SeccompProfile: localhost,
-					Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+					RunAsNonRoot:             ptr.To(false),
+					AllowPrivilegeEscalation: ptr.To(false),
+					SeccompProfile:           localhost,
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 				}
 				return p
 			}(),
@@ -476,10 +476,48 @@ func TestMutatePodSecurityDefaults(t *testing.T) {
 				},
 				{
 					RunAsNonRoot:             ptr.To(false),
-					Privileged:               ptr.To(true),
 					AllowPrivilegeEscalation: ptr.To(false),
 					SeccompProfile:           localhost,
 					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			},
+		},
+		{
+			// The API server rejects allowPrivilegeEscalation: false next to
+			// privileged or CAP_SYS_ADMIN, so berth leaves it unset there and
+			// the validating webhook denies the container instead.
+			name: "privileged and SYS_ADMIN containers keep allowPrivilegeEscalation unset",
+			pod: func() *corev1.Pod {
+				p := testutil.Pod("w").
+					Container(corev1.Container{Name: "sys-admin", Image: testutil.DefaultImage}).
+					Container(corev1.Container{Name: "cap-sys-admin", Image: testutil.DefaultImage}).Obj()
+				p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+				p.Spec.Containers[1].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+				p.Spec.Containers[2].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_SYS_ADMIN"}}}
+				return p
+			}(),
+			wantPod: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr.To(true),
+				RunAsUser:      ptr.To[int64](1000),
+				FSGroup:        ptr.To[int64](1000),
+				SeccompProfile: runtimeDefault,
+			},
+			wantContainers: []*corev1.SecurityContext{
+				{
+					Privileged:     ptr.To(true),
+					RunAsNonRoot:   ptr.To(true),
+					SeccompProfile: runtimeDefault,
+					Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+				{
+					RunAsNonRoot:   ptr.To(true),
+					SeccompProfile: runtimeDefault,
+					Capabilities:   &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}, Drop: []corev1.Capability{"ALL"}},
+				},
+				{
+					RunAsNonRoot:   ptr.To(true),
+					SeccompProfile: runtimeDefault,
+					Capabilities:   &corev1.Capabilities{Add: []corev1.Capability{"CAP_SYS_ADMIN"}, Drop: []corev1.Capability{"ALL"}},
 				},
 			},
 		},

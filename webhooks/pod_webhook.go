@@ -61,8 +61,9 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
 	}
 	gpus := PodGPUs(&pod.Spec)
-	// A build's Pods are counted at their Job, by the build queue.
-	if t.Class == berthv1alpha1.ClassBuild || !quota.Charged(t.Class, gpus) {
+	// A build's Pods are counted at their Job, by the build queue; Pods the
+	// org sets no limit for are admitted without a ledger write.
+	if t.Class == berthv1alpha1.ClassBuild || !quota.Limited(t.Org, t.Class, gpus) {
 		return nil, d.allow()
 	}
 	entry := quota.Entry{UID: pod.UID, Class: t.Class, GPUs: gpus, Admitted: w.now()}

@@ -59,7 +59,7 @@ func validateResources(spec *corev1.PodSpec, t Target, path *field.Path) field.E
 				}
 				fp := p.Child("resources", kind).Key(string(name))
 				if q.Sign() < 0 {
-					errs = append(errs, field.Invalid(fp, q.String(), "must not be negative"))
+					errs = append(errs, field.Invalid(fp, q.String(), "must not be negative; use a positive quantity such as 500m or 2Gi"))
 					continue
 				}
 				if ceil := ceilings[name]; q.Cmp(ceil) > 0 {

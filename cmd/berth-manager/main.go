@@ -31,6 +31,7 @@ func main() {
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")
 	flag.StringVar(&o.WebhookService, "webhook-service", "berth-webhook", "the webhook Service's name, for the certificate's DNS name")
 	flag.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "where the serving certificate is read")
+	flag.BoolVar(&o.WebhookHTTP2, "webhook-http2", false, "serve webhooks over HTTP/2 too: fewer TLS handshakes, but the API server's single connection reaches one replica only")
 	flag.BoolVar(&o.RotateCerts, "rotate-certs", true, "generate and rotate the webhook certificate; turn off when cert-manager provides it")
 	flag.StringVar(&o.MetricsBindAddress, "metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	flag.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")

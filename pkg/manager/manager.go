@@ -53,6 +53,9 @@ type Options struct {
 	WebhookURL     string
 	WebhookService string
 	CertDir        string
+	// WebhookHTTP2 serves HTTP/2 too: one multiplexed connection from the
+	// API server, fewer TLS handshakes, but no spreading over replicas.
+	WebhookHTTP2 bool
 	// RotateCerts runs the built-in certificate rotator; off when
 	// cert-manager provides the certificate.
 	RotateCerts            bool
@@ -147,9 +150,7 @@ func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, o 
 		Host:    host,
 		Port:    port,
 		CertDir: o.CertDir,
-		// HTTP/1.1 only: each API server connection then reaches one replica
-		// through a Service, and HTTP/2's rapid-reset attacks do not apply.
-		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+		TLSOpts: tlsOpts(o.WebhookHTTP2),
 	})
 	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks); err != nil {
 		return err
@@ -202,6 +203,16 @@ func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, o 
 		}
 	}()
 	return nil
+}
+
+// tlsOpts serves HTTP/1.1 only unless http2 is asked for: the API server
+// then opens several connections, which a Service spreads over the
+// replicas, and HTTP/2's rapid-reset attacks do not apply.
+func tlsOpts(http2 bool) []func(*tls.Config) {
+	if http2 {
+		return nil
+	}
+	return []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
 }
 
 // registerConfigurations creates berth's webhook configurations pointing at

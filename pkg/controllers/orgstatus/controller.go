@@ -29,6 +29,7 @@ import (
 	"berth.dev/berth/pkg/controllers"
 	"berth.dev/berth/pkg/controllers/buildqueue"
 	"berth.dev/berth/pkg/quota"
+	"berth.dev/berth/webhooks"
 )
 
 // Name is the controller's name.
@@ -113,7 +114,23 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	plan := buildqueue.Plan(org, jobs.Items)
-	usage := quota.UsageOf(entries)
+	var pods corev1.PodList
+	if err := c.client.List(ctx, &pods, client.MatchingLabels{berthv1alpha1.LabelOrg: org.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	usage, missing := Live(org, pods.Items, entries, c.clock.Now())
+	for k, e := range missing {
+		if _, deleted := c.gone.Load(e.UID); deleted { // the cache is behind
+			delete(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		wait = max(wait, Grace) // look again once the new entries can be judged
+		// Pods admitted before the org had a limit: the limit counts them.
+		if err := c.ledger.Record(ctx, org.Name, missing); err != nil {
+			return ctrl.Result{}, fmt.Errorf("record live Pods in the ledger of org %s: %w", org.Name, err)
+		}
+	}
 	status := org.Status.DeepCopy()
 	status.ObservedGeneration = org.Generation
 	status.Workspaces = int32(usage.Workspaces)
@@ -131,6 +148,33 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// Live counts an org's running workspaces and GPUs from its Pods, and
+// returns the ledger entries that limited Pods lack.
+func Live(org *berthv1alpha1.Organization, pods []corev1.Pod, entries map[string]quota.Entry, now time.Time) (quota.Usage, map[string]quota.Entry) {
+	var u quota.Usage
+	missing := map[string]quota.Entry{}
+	for i := range pods {
+		p := &pods[i]
+		class, ok := berthv1alpha1.ParseClass(p.Labels[berthv1alpha1.LabelClass])
+		if !ok || controllers.PodFinished(p) {
+			continue
+		}
+		gpus := webhooks.PodGPUs(&p.Spec)
+		if class == berthv1alpha1.ClassWorkspace {
+			u.Workspaces++
+		}
+		u.GPUs += gpus
+		key := quota.Key(p.Namespace, p.Name)
+		if class == berthv1alpha1.ClassBuild || !quota.Limited(org, class, gpus) || p.DeletionTimestamp != nil {
+			continue
+		}
+		if e, ok := entries[key]; !ok || e.UID != p.UID {
+			missing[key] = quota.Entry{UID: p.UID, Class: class, GPUs: gpus, Admitted: now}
+		}
+	}
+	return u, missing
 }
 
 // forgetOldDeletions drops deletions of Pods no ledger held.
@@ -162,7 +206,7 @@ func (c *Controller) staleEntries(ctx context.Context, entries map[string]quota.
 		if err != nil && !kerrors.IsNotFound(err) {
 			return nil, 0, err
 		}
-		if _, deleted := c.gone.LoadAndDelete(e.UID); deleted {
+		if _, deleted := c.gone.Load(e.UID); deleted {
 			stale[key] = e.UID
 			continue
 		}

@@ -157,4 +157,3 @@ func volume(vs []corev1.Volume, name string) *corev1.Volume {
 	}
 	return nil
 }
-

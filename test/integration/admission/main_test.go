@@ -27,5 +27,10 @@ func setup(t *testing.T) *framework.ClusterEnv {
 	if manager == nil {
 		t.Fatal("berth-manager failed to start in an earlier test")
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("berth-manager log, last lines:\n%s", manager.Tail(30))
+		}
+	})
 	return env
 }
