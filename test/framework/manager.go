@@ -105,7 +105,6 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		Metrics: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		Health:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		Log:     filepath.Join(dir, "log"),
-		done:    make(chan struct{}),
 	}
 	args := append([]string{
 		"--kubeconfig", env.Kubeconfig(),
@@ -115,20 +114,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		"--health-probe-bind-address", strings.TrimPrefix(p.Health, "http://"),
 		"--cert-dir", filepath.Join(dir, "certs"),
 	}, o.Args...)
-	log, err := os.Create(p.Log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = log, log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start berth-manager: %v", err)
-	}
-	log.Close()
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	state.watchdog.add(fmt.Sprintf("kill -9 %d", p.cmd.Process.Pid))
-
+	p.start(t, bin, args)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	if err := p.waitReady(ctx); err != nil {
@@ -140,6 +126,26 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		t.Fatalf("webhook CA not injected: %v\n%s", err, p.Tail(40))
 	}
 	return p
+}
+
+// start runs bin with args, logging to p.Log; the watchdog kills it if this
+// process dies first.
+func (p *Process) start(t testing.TB, bin string, args []string) {
+	t.Helper()
+	log, err := os.Create(p.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	p.done = make(chan struct{})
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = log, log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.Name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	state.watchdog.add(fmt.Sprintf("kill -9 %d", p.cmd.Process.Pid))
 }
 
 // Stop stops the process and waits for it.

@@ -1,0 +1,212 @@
+package placement
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	keys "berth.dev/berth/pkg/placement"
+	"berth.dev/berth/plugins/config"
+)
+
+// MaxScore is the best score; the scheduler framework and the extender
+// rescale it.
+const MaxScore = 100
+
+// NodeState is what a decision knows of a node: its capacity and what the
+// Pods bound to it (or assumed there) hold. The plugin fills it from the
+// scheduler's snapshot, the extender from its informer cache.
+type NodeState struct {
+	Node *corev1.Node
+	// Allocatable and Requested in milli-CPU, bytes and GPUs.
+	AllocCPU, AllocMemory, AllocEphemeral, AllocGPU int64
+	ReqCPU, ReqMemory, ReqGPU                       int64
+	// Pods counts the Pods on the node; Builds those of class build.
+	Pods, Builds int
+}
+
+// Request is what a Pod asks for, in the units of NodeState.
+type Request struct {
+	CPU, Memory, GPU int64
+}
+
+// Decider holds the plugin's configuration.
+type Decider struct {
+	Keys             keys.Keys
+	TargetPercent    int64
+	ScratchBytes     int64
+	EmptyNodeScore   int64
+	buildCapacityKey string
+}
+
+// NewDecider validates args and returns a Decider.
+func NewDecider(args *config.PlacementArgs) (*Decider, error) {
+	config.SetDefaults(args)
+	if err := config.Validate(args); err != nil {
+		return nil, err
+	}
+	k, err := args.ResolvedKeys()
+	if err != nil {
+		return nil, err
+	}
+	return &Decider{
+		Keys: k, TargetPercent: int64(args.WorkspaceTargetPercent), ScratchBytes: args.BuildScratchBytes,
+		EmptyNodeScore: int64(args.EmptyNodeScore), buildCapacityKey: k.BuildCapacity,
+	}, nil
+}
+
+// ClassOf returns a Pod's berth class, or "" for a Pod berth does not manage.
+func ClassOf(pod *corev1.Pod) berthv1alpha1.Class {
+	c, _ := berthv1alpha1.ParseClass(pod.Labels[berthv1alpha1.LabelClass])
+	return c
+}
+
+// Filter returns why the Pod must not go to the node, or "" when it may. It
+// only adds rules that agree with what the webhook writes into the Pod spec:
+// GPU nodes take inference only, and a node takes no more builds than its
+// disk holds.
+func (d *Decider) Filter(pod *corev1.Pod, class berthv1alpha1.Class, n *NodeState) string {
+	if d.Keys.GPU.Matches(n.Node.Labels) && class != berthv1alpha1.ClassInference && !daemon(pod) {
+		return fmt.Sprintf("node %s is a GPU node, kept for inference; this Pod is not berth.dev/class=inference", n.Node.Name)
+	}
+	if class == berthv1alpha1.ClassBuild {
+		if c := d.BuildCapacity(n); n.Builds >= c {
+			return fmt.Sprintf("node %s runs %d builds, its disk's build capacity", n.Node.Name, c)
+		}
+	}
+	return ""
+}
+
+// BuildCapacity is how many builds a node's disk holds: its build-capacity
+// label, else allocatable ephemeral storage over one build's scratch.
+func (d *Decider) BuildCapacity(n *NodeState) int {
+	if d.buildCapacityKey != "" {
+		if v, ok := n.Node.Labels[d.buildCapacityKey]; ok {
+			if c, err := strconv.Atoi(v); err == nil && c >= 0 {
+				return c
+			}
+		}
+	}
+	if d.ScratchBytes <= 0 {
+		return int(^uint(0) >> 1)
+	}
+	return int(n.AllocEphemeral / d.ScratchBytes)
+}
+
+// Score ranks the node for the Pod, 0 to MaxScore:
+//   - workspaces pack toward the target utilization: the nearer the node
+//     comes to it, the better, and past it the score falls, so headroom is
+//     kept and whole nodes still empty out;
+//   - builds spread by concurrent builds per node, but a node already up
+//     beats an empty one;
+//   - inference packs GPUs;
+//   - other Pods score the same everywhere.
+func (d *Decider) Score(class berthv1alpha1.Class, req Request, n *NodeState) int64 {
+	switch class {
+	case berthv1alpha1.ClassWorkspace:
+		if n.AllocCPU == 0 || n.AllocMemory == 0 {
+			return 0
+		}
+		u := max(percent(n.ReqCPU+req.CPU, n.AllocCPU), percent(n.ReqMemory+req.Memory, n.AllocMemory))
+		return d.towardTarget(u)
+	case berthv1alpha1.ClassBuild:
+		if n.Pods == 0 {
+			return d.EmptyNodeScore
+		}
+		c := int64(d.BuildCapacity(n))
+		if c <= 0 {
+			return 0
+		}
+		free := max(0, c-int64(n.Builds))
+		return d.EmptyNodeScore + (MaxScore-d.EmptyNodeScore)*free/c
+	case berthv1alpha1.ClassInference:
+		if n.AllocGPU == 0 {
+			return 0
+		}
+		return min(MaxScore, percent(n.ReqGPU+req.GPU, n.AllocGPU))
+	}
+	return 0
+}
+
+// towardTarget maps utilization u (percent) to a score: rising to MaxScore at
+// the target, then falling to half of it at 100%.
+func (d *Decider) towardTarget(u int64) int64 {
+	t := d.TargetPercent
+	if u <= t {
+		return MaxScore * u / t
+	}
+	if u >= 100 || t >= 100 {
+		return MaxScore / 2
+	}
+	return MaxScore - (MaxScore/2)*(u-t)/(100-t)
+}
+
+func percent(a, b int64) int64 {
+	if b <= 0 {
+		return 0
+	}
+	return a * 100 / b
+}
+
+// PodRequest sums a Pod's container requests (the larger of its init
+// containers' where that is more), in NodeState units.
+func PodRequest(pod *corev1.Pod) Request {
+	var r, initMax Request
+	for _, c := range pod.Spec.Containers {
+		r.CPU += c.Resources.Requests.Cpu().MilliValue()
+		r.Memory += c.Resources.Requests.Memory().Value()
+		r.GPU += gpu(c.Resources)
+	}
+	for _, c := range pod.Spec.InitContainers {
+		initMax.CPU = max(initMax.CPU, c.Resources.Requests.Cpu().MilliValue())
+		initMax.Memory = max(initMax.Memory, c.Resources.Requests.Memory().Value())
+		initMax.GPU = max(initMax.GPU, gpu(c.Resources))
+	}
+	return Request{CPU: max(r.CPU, initMax.CPU), Memory: max(r.Memory, initMax.Memory), GPU: max(r.GPU, initMax.GPU)}
+}
+
+func gpu(r corev1.ResourceRequirements) int64 {
+	if q, ok := r.Requests[keys.GPUResource]; ok {
+		return q.Value()
+	}
+	q := r.Limits[keys.GPUResource]
+	return q.Value()
+}
+
+func daemon(pod *corev1.Pod) bool {
+	for _, o := range pod.OwnerReferences {
+		if o.Kind == "DaemonSet" && o.Controller != nil && *o.Controller {
+			return true
+		}
+	}
+	return false
+}
+
+// StateOf builds a NodeState from a node and the Pods on it.
+func StateOf(node *corev1.Node, pods []*corev1.Pod) *NodeState {
+	n := &NodeState{
+		Node:           node,
+		AllocCPU:       node.Status.Allocatable.Cpu().MilliValue(),
+		AllocMemory:    node.Status.Allocatable.Memory().Value(),
+		AllocEphemeral: node.Status.Allocatable.StorageEphemeral().Value(),
+	}
+	if q, ok := node.Status.Allocatable[keys.GPUResource]; ok {
+		n.AllocGPU = q.Value()
+	}
+	for _, p := range pods {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		r := PodRequest(p)
+		n.ReqCPU += r.CPU
+		n.ReqMemory += r.Memory
+		n.ReqGPU += r.GPU
+		n.Pods++
+		if ClassOf(p) == berthv1alpha1.ClassBuild {
+			n.Builds++
+		}
+	}
+	return n
+}
