@@ -1,0 +1,14 @@
+// Package scheduling benchmarks berth-scheduler against the stock
+// kube-scheduler on one local cluster of more than 1,000 fake nodes, with
+// the same Pods, in one run.
+package scheduling
+
+import (
+	"testing"
+
+	"berth.dev/berth/test/framework"
+)
+
+func TestMain(m *testing.M) {
+	framework.Main(m, framework.WithPoolSizes(map[string]int{"spot-ssd": 1000, "on-demand": 100, "gpu": 20}))
+}

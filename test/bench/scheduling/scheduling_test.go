@@ -1,0 +1,286 @@
+package scheduling
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+)
+
+const (
+	stock = "default-scheduler"
+	berth = "berth-scheduler"
+)
+
+// env is the package's cluster with berth-manager (keeping each Pod's
+// schedulerName, so both schedulers get the same mutated Pods) and
+// berth-scheduler running beside the stock kube-scheduler.
+func setup(b *testing.B) (*framework.ClusterEnv, client.Client) {
+	env := framework.Cluster(b)
+	framework.StartManager(b, env, framework.ManagerOptions{Args: []string{"--controllers=", "--scheduler-name="}})
+	framework.StartScheduler(b, env, nil)
+	cfg := *env.Config
+	cfg.QPS, cfg.Burst = 5000, 5000
+	c, err := client.New(&cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return env, c
+}
+
+// BenchmarkSchedulingThroughput gives each scheduler the same 2,000 labelled
+// workspace Pods, alternating over rounds, and reports pods/s (first to last
+// binding) for each, their medians and the ratio.
+func BenchmarkSchedulingThroughput(b *testing.B) {
+	env, c := setup(b)
+	org := testutil.Org("throughput").Obj()
+	env.Create(b, org)
+	const pods, rounds = 2000, 3
+	rates := map[string][]float64{}
+	for r := range rounds * b.N {
+		for _, sched := range []string{stock, berth} {
+			ns := env.Namespace(b, org.Name)
+			rate := throughput(b, c, ns, sched, pods)
+			rates[sched] = append(rates[sched], rate)
+			b.Logf("round %d %-18s %6.0f pods/s", r, sched, rate)
+			cleanup(b, c, ns)
+		}
+	}
+	s, bt := median(rates[stock]), median(rates[berth])
+	b.ReportMetric(s, "pods/s-stock")
+	b.ReportMetric(bt, "pods/s-berth")
+	b.ReportMetric(bt/s, "ratio")
+	b.Logf("scheduling %d Pods on %d nodes: stock median %.0f pods/s, berth-scheduler median %.0f pods/s, ratio %.2f (target >= 0.9)",
+		pods, nodeCount(b, c), s, bt, bt/s)
+}
+
+// throughput creates n Pods for sched and measures the binding rate.
+func throughput(b *testing.B, c client.Client, ns, sched string, n int) float64 {
+	ctx := b.Context()
+	w, err := c.(client.WithWatch).Watch(ctx, &corev1.PodList{}, client.InNamespace(ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Stop()
+	create(b, c, n, func(i int) *corev1.Pod {
+		return testutil.Pod(fmt.Sprintf("p-%05d", i)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).
+			SchedulerName(sched).Resource(corev1.ResourceCPU, "100m").Resource(corev1.ResourceMemory, "256Mi").Obj()
+	})
+	seen := map[string]bool{}
+	var first, last time.Time
+	timeout := time.After(5 * time.Minute)
+	for len(seen) < n {
+		select {
+		case ev := <-w.ResultChan():
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || ev.Type == watch.Deleted || p.Spec.NodeName == "" || seen[p.Name] {
+				continue
+			}
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			last = now
+			seen[p.Name] = true
+		case <-timeout:
+			b.Fatalf("%s bound %d of %d Pods in 5m", sched, len(seen), n)
+		}
+	}
+	return float64(n-1) / last.Sub(first).Seconds()
+}
+
+// BenchmarkReferenceLoad places DESIGN.md's reference load (300 workspaces,
+// 50 builds, 8 vLLM replicas), as berth's webhook mutates it, with each
+// scheduler in turn, and reports nodes used against the bin-packing lower
+// bound, and the share of workspaces and builds on spot nodes.
+func BenchmarkReferenceLoad(b *testing.B) {
+	env, c := setup(b)
+	org := testutil.Org("reference").Obj()
+	env.Create(b, org)
+	pools, err := localcluster.DefaultPools()
+	if err != nil {
+		b.Fatal(err)
+	}
+	load := ReferenceLoad(rand.New(rand.NewSource(1)))
+	lb := LowerBound(load, pools)
+	for _, sched := range []string{stock, berth} {
+		ns := env.Namespace(b, org.Name)
+		create(b, c, len(load), func(i int) *corev1.Pod {
+			p := load[i].DeepCopy()
+			p.Namespace, p.Spec.SchedulerName = ns, sched
+			return p
+		})
+		placed := waitBound(b, c, ns, len(load))
+		used, spot := NodesUsed(b.Context(), b, c, placed)
+		b.ReportMetric(float64(used), "nodes-"+sched)
+		b.ReportMetric(float64(used)/float64(lb), "x-lower-bound-"+sched)
+		b.ReportMetric(spot, "spot-share-"+sched)
+		b.Logf("%-18s %d nodes for the reference load, lower bound %d: %.2fx (target <= 1.10x for berth); %.0f%% of workspaces and builds on spot",
+			sched, used, lb, float64(used)/float64(lb), 100*spot)
+		cleanup(b, c, ns)
+	}
+}
+
+// ReferenceLoad is DESIGN.md's reference load as labelled Pods.
+func ReferenceLoad(r *rand.Rand) []*corev1.Pod {
+	var out []*corev1.Pod
+	size := func() (string, string) {
+		if r.Intn(2) == 0 {
+			return "1", "2Gi"
+		}
+		return "2", "4Gi"
+	}
+	for i := range 300 {
+		cpu, mem := size()
+		out = append(out, testutil.Pod(fmt.Sprintf("ws-%03d", i)).Class(berthv1alpha1.ClassWorkspace).User(fmt.Sprintf("u%03d", i)).
+			Resource(corev1.ResourceCPU, cpu).Resource(corev1.ResourceMemory, mem).Obj())
+	}
+	for i := range 50 {
+		cpu, mem := size()
+		out = append(out, testutil.Pod(fmt.Sprintf("build-%02d", i)).Class(berthv1alpha1.ClassBuild).Project(fmt.Sprintf("p%02d", i)).
+			Resource(corev1.ResourceCPU, cpu).Resource(corev1.ResourceMemory, mem).Obj())
+	}
+	for i := range 8 {
+		out = append(out, testutil.Pod(fmt.Sprintf("vllm-%d", i)).Class(berthv1alpha1.ClassInference).
+			Resource(corev1.ResourceCPU, "8").Resource(corev1.ResourceMemory, "64Gi").Resource("nvidia.com/gpu", "2").Obj())
+	}
+	return out
+}
+
+// LowerBound is the fewest nodes the load fits on: per pool, the largest of
+// total CPU, memory and GPUs over one node's.
+func LowerBound(load []*corev1.Pod, pools *localcluster.Pools) int {
+	type sum struct{ cpu, mem, gpu int64 }
+	var general, gpu sum
+	for _, p := range load {
+		c := p.Spec.Containers[0].Resources.Requests
+		s := &general
+		if p.Labels[berthv1alpha1.LabelClass] == string(berthv1alpha1.ClassInference) {
+			s = &gpu
+		}
+		s.cpu += c.Cpu().MilliValue()
+		s.mem += c.Memory().Value()
+		g := c[corev1.ResourceName("nvidia.com/gpu")]
+		s.gpu += g.Value()
+	}
+	fit := func(s sum, pool string) int {
+		p, _ := pools.Get(pool)
+		n := p.Node(0).Status.Allocatable
+		need := math.Max(float64(s.cpu)/float64(n.Cpu().MilliValue()), float64(s.mem)/float64(n.Memory().Value()))
+		if g := n[corev1.ResourceName("nvidia.com/gpu")]; g.Value() > 0 {
+			need = math.Max(need, float64(s.gpu)/float64(g.Value()))
+		}
+		return int(math.Ceil(need))
+	}
+	return fit(general, "spot-ssd") + fit(gpu, "gpu")
+}
+
+// NodesUsed counts the nodes the Pods landed on, and the share of
+// workspaces and builds on spot nodes.
+func NodesUsed(ctx context.Context, b *testing.B, c client.Client, pods []corev1.Pod) (int, float64) {
+	var nodes corev1.NodeList
+	if err := c.List(ctx, &nodes); err != nil {
+		b.Fatal(err)
+	}
+	spotNode := map[string]bool{}
+	for _, n := range nodes.Items {
+		spotNode[n.Name] = n.Labels["kubernetes.azure.com/scalesetpriority"] == "spot"
+	}
+	used := map[string]bool{}
+	onSpot, general := 0, 0
+	for _, p := range pods {
+		used[p.Spec.NodeName] = true
+		if p.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassInference) {
+			general++
+			if spotNode[p.Spec.NodeName] {
+				onSpot++
+			}
+		}
+	}
+	return len(used), float64(onSpot) / float64(max(general, 1))
+}
+
+func create(b *testing.B, c client.Client, n int, pod func(int) *corev1.Pod) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := c.Create(b.Context(), pod(i)); err != nil {
+				b.Errorf("create: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func waitBound(b *testing.B, c client.Client, ns string, n int) []corev1.Pod {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		var pods corev1.PodList
+		if err := c.List(b.Context(), &pods, client.InNamespace(ns)); err != nil {
+			b.Fatal(err)
+		}
+		bound := pods.Items[:0]
+		for _, p := range pods.Items {
+			if p.Spec.NodeName != "" {
+				bound = append(bound, p)
+			}
+		}
+		if len(bound) == n {
+			return bound
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d Pods bound after 5m", len(bound), n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func cleanup(b *testing.B, c client.Client, ns string) {
+	if err := c.DeleteAllOf(context.WithoutCancel(b.Context()), &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
+		b.Logf("delete Pods in %s: %v", ns, err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		var pods corev1.PodList
+		if err := c.List(context.WithoutCancel(b.Context()), &pods, client.InNamespace(ns)); err == nil && len(pods.Items) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func nodeCount(b *testing.B, c client.Client) int {
+	var nodes corev1.NodeList
+	if err := c.List(b.Context(), &nodes); err != nil {
+		b.Fatal(err)
+	}
+	return len(nodes.Items)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
