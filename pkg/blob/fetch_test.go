@@ -1,0 +1,124 @@
+package blob
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var fastBackoff = Backoff{Attempts: 3, Initial: time.Millisecond, Max: time.Millisecond}
+
+func fetchOpts(dest string) FetchOptions {
+	return FetchOptions{Container: "uploads", Name: SourceName("shop"), Dest: dest, Backoff: fastBackoff}
+}
+
+func TestFetchUnzipsTheSource(t *testing.T) {
+	f := NewFake()
+	f.Put("uploads", "shop/source.zip", archive(t, entry{name: "a/b.txt", body: "hello"}), true)
+	dest := filepath.Join(t.TempDir(), "src")
+	st, err := Fetch(t.Context(), f, fetchOpts(dest))
+	require.NoError(t, err)
+	assert.Equal(t, 1, st.Unzip.Files)
+	got, err := os.ReadFile(filepath.Join(dest, "a/b.txt"))
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(got))
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(dest), ".berth-fetch-*"))
+	assert.Empty(t, left, "the downloaded archive is removed")
+}
+
+func TestFetchResumesABrokenStream(t *testing.T) {
+	f := NewFake()
+	data := archive(t, entry{name: "big.bin", size: 200 << 10, store: true})
+	f.Put("uploads", "shop/source.zip", data, true)
+	f.BreakAfter = 64 << 10
+	var offsets []int64
+	f.DownloadHook = func(_, _ string, offset int64) error { offsets = append(offsets, offset); return nil }
+	o := fetchOpts(filepath.Join(t.TempDir(), "src"))
+	o.Backoff.Attempts = 10
+	_, err := Fetch(t.Context(), f, o)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{0, 64 << 10, 128 << 10, 192 << 10}, offsets, "each try resumes where the last stopped")
+}
+
+func TestFetchRetriesTransientErrors(t *testing.T) {
+	f := NewFake()
+	f.Put("uploads", "shop/source.zip", archive(t, entry{name: "x", body: "x"}), false)
+	fails := 2
+	f.DownloadHook = func(string, string, int64) error {
+		if fails > 0 {
+			fails--
+			return errors.New("connection refused")
+		}
+		return nil
+	}
+	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+	require.NoError(t, err)
+	assert.Equal(t, 3, f.Downloads)
+}
+
+func TestFetchChecksIntegrity(t *testing.T) {
+	f := NewFake()
+	f.Put("uploads", "shop/source.zip", archive(t, entry{name: "x", body: "x"}), true)
+	f.SetMD5("uploads", "shop/source.zip", make([]byte, 16))
+	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Content-MD5")
+	assert.Equal(t, fastBackoff.Attempts, f.Downloads, "a corrupt copy is fetched again from the start")
+}
+
+func TestFetchMissingSourceFailsAtOnce(t *testing.T) {
+	f := NewFake()
+	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+	require.ErrorIs(t, err, ErrNotFound)
+	assert.Contains(t, err.Error(), "uploads/shop/source.zip does not exist")
+	assert.Equal(t, 1, f.Downloads)
+}
+
+func TestFetchRefusesAnUnsafeArchiveWithoutRetry(t *testing.T) {
+	f := NewFake()
+	f.Put("uploads", "shop/source.zip", archive(t, entry{name: "../x", body: "x"}), true)
+	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+	var ue *UnsafeArchiveError
+	require.True(t, errors.As(err, &ue), fmt.Sprint(err))
+	assert.Equal(t, 1, f.Downloads)
+}
+
+func TestValidateProject(t *testing.T) {
+	for _, p := range []string{"shop", "shop-api", "a", "v1.2_x"} {
+		assert.NoError(t, ValidateProject(p), p)
+	}
+	for _, p := range []string{"", ".", "..", "a/b", "-a", "a-", "../x", string(make([]byte, 64))} {
+		assert.Error(t, ValidateProject(p), p)
+	}
+}
+
+func TestParseConnectionString(t *testing.T) {
+	cs, err := parseConnectionString("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net")
+	require.NoError(t, err)
+	assert.Equal(t, "https://acct.blob.core.windows.net", cs.BlobEndpoint)
+	cs, err = parseConnectionString("AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;")
+	require.NoError(t, err)
+	assert.Equal(t, "http://127.0.0.1:10000/devstoreaccount1", cs.BlobEndpoint)
+	_, err = parseConnectionString("BlobEndpoint=https://x;SharedAccessSignature=sv=1")
+	assert.Error(t, err)
+}
+
+func TestReadURLChecksItsInput(t *testing.T) {
+	f := NewFake()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	u, err := ReadURL(t.Context(), f, "projects", "shop", "build/result.zip", 0, now)
+	require.NoError(t, err)
+	assert.Equal(t, "https://fake.blob/projects/shop/build/result.zip?se=2026-01-01T01:00:00Z&sp=r", u)
+	_, err = ReadURL(t.Context(), f, "projects", "shop", "../other/build/result.zip", time.Hour, now)
+	assert.Error(t, err)
+	_, err = ReadURL(t.Context(), f, "projects", "..", "x", time.Hour, now)
+	assert.Error(t, err)
+	_, err = ReadURL(t.Context(), f, "projects", "shop", "x", 8*24*time.Hour, now)
+	assert.Error(t, err)
+}

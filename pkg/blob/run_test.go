@@ -1,0 +1,128 @@
+package blob
+
+import (
+	"archive/zip"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func runOpts(t *testing.T) RunOptions {
+	dir := t.TempDir()
+	return RunOptions{
+		Project: "shop", Containers: DefaultContainers(),
+		OutputsDir: filepath.Join(dir, "out"), LogFile: filepath.Join(dir, ".berth", "build.log"),
+		Stdout: io.Discard, Stderr: io.Discard, Backoff: fastBackoff,
+	}
+}
+
+func zipNames(t *testing.T, b []byte) map[string]string {
+	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	require.NoError(t, err)
+	out := map[string]string{}
+	for _, f := range zr.File {
+		rc, err := f.Open()
+		require.NoError(t, err)
+		data, err := io.ReadAll(rc)
+		require.NoError(t, err)
+		out[f.Name] = string(data)
+	}
+	return out
+}
+
+func TestRunDeliversLogAndResults(t *testing.T) {
+	f := NewFake()
+	o := runOpts(t)
+	var stdout bytes.Buffer
+	o.Stdout = &stdout
+	o.ArtifactsDir, o.Version = filepath.Join(filepath.Dir(o.OutputsDir), "dist"), "1.2.0"
+	script := `mkdir -p "$OUT/lib" "$DIST" && echo built > "$OUT/lib/app.jar" && echo v > "$DIST/app-1.2.0.jar" && echo to-stdout && echo to-stderr >&2`
+	t.Setenv("OUT", o.OutputsDir)
+	t.Setenv("DIST", o.ArtifactsDir)
+	code, err := Run(t.Context(), f, o, []string{"sh", "-c", script})
+	require.NoError(t, err)
+	assert.Equal(t, 0, code)
+	assert.Equal(t, "to-stdout\n", stdout.String(), "the container log still gets the output")
+	log, ctype, ok := f.Get("projects", "shop/logs/build.log")
+	require.True(t, ok)
+	assert.Contains(t, string(log), "to-stdout\n")
+	assert.Contains(t, string(log), "to-stderr\n")
+	assert.Equal(t, "text/plain; charset=utf-8", ctype)
+	res, ctype, ok := f.Get("projects", "shop/build/result.zip")
+	require.True(t, ok)
+	assert.Equal(t, "application/zip", ctype)
+	assert.Equal(t, map[string]string{"lib/": "", "lib/app.jar": "built\n"}, zipNames(t, res))
+	art, _, ok := f.Get("artifacts", "shop/1.2.0/app-1.2.0.jar")
+	require.True(t, ok)
+	assert.Equal(t, "v\n", string(art))
+}
+
+func TestRunFailedCommandUploadsOnlyTheLog(t *testing.T) {
+	f := NewFake()
+	code, err := Run(t.Context(), f, runOpts(t), []string{"sh", "-c", "echo broken; exit 3"})
+	require.NoError(t, err)
+	assert.Equal(t, 3, code, "the exit code is the command's")
+	log, _, ok := f.Get("projects", "shop/logs/build.log")
+	require.True(t, ok)
+	assert.Equal(t, "broken\n", string(log))
+	_, _, ok = f.Get("projects", "shop/build/result.zip")
+	assert.False(t, ok, "no result from a failed build")
+}
+
+func TestRunFailsWhenAnUploadFails(t *testing.T) {
+	f := NewFake()
+	f.UploadHook = func(_, name string) error {
+		if name == "shop/build/result.zip" {
+			return errors.New("connection refused")
+		}
+		return nil
+	}
+	code, err := Run(t.Context(), f, runOpts(t), []string{"true"})
+	require.Error(t, err)
+	assert.Equal(t, 0, code, "the command succeeded; the caller turns the error into ExitUploadFailed")
+	assert.Contains(t, err.Error(), "giving up after 3 attempts")
+	assert.Equal(t, 1+fastBackoff.Attempts, f.Uploads, "the log once, the result with every retry")
+}
+
+func TestRunIsSafeToRepeat(t *testing.T) {
+	f := NewFake()
+	o := runOpts(t)
+	require.NoError(t, os.MkdirAll(o.OutputsDir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(o.OutputsDir, "a"), []byte("1"), 0o644))
+	for range 2 {
+		code, err := Run(t.Context(), f, o, []string{"true"})
+		require.NoError(t, err)
+		require.Equal(t, 0, code)
+	}
+	res, _, _ := f.Get("projects", "shop/build/result.zip")
+	assert.Equal(t, map[string]string{"a": "1"}, zipNames(t, res))
+}
+
+func TestRunMissingCommand(t *testing.T) {
+	code, err := Run(t.Context(), NewFake(), runOpts(t), []string{"/no/such/command"})
+	require.Error(t, err)
+	assert.Equal(t, 127, code)
+}
+
+func TestZipDirStoresIncompressibleFiles(t *testing.T) {
+	dir := t.TempDir()
+	random := make([]byte, 512<<10)
+	_, _ = io.ReadFull(newDeterministic(1), random)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "random.bin"), random, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "text.txt"), bytes.Repeat([]byte("hello world\n"), 10000), 0o644))
+	var buf bytes.Buffer
+	require.NoError(t, ZipDir(t.Context(), dir, &buf))
+	zr, err := zip.NewReader(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	require.NoError(t, err)
+	methods := map[string]uint16{}
+	for _, f := range zr.File {
+		methods[f.Name] = f.Method
+	}
+	assert.Equal(t, map[string]uint16{"random.bin": zip.Store, "text.txt": zip.Deflate}, methods)
+}
