@@ -32,6 +32,9 @@ type Config struct {
 	// ManagerUsername is the user berth-manager's controllers act as; only
 	// it may release a queued build.
 	ManagerUsername string
+	// BlobImage is the berth-blob image injected into builds of a project
+	// (default DefaultBlobImage).
+	BlobImage string
 }
 
 // Resolver finds what a decision needs: the org of a namespace and the

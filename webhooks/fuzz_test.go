@@ -47,6 +47,10 @@ var fuzzSeeds = []string{
 	    {"name":"b","resources":{"limits":{"nvidia.com/gpu":"1"},"requests":{"cpu":"9223372036854775807"}}}],
 	  "initContainers":[{"name":"i","resources":{"limits":{"nvidia.com/gpu":"0.5"}}}]}}`,
 	`{"spec":{"containers":[{"name":"a","resources":{"limits":{"nvidia.com/gpu":"9223372036854775807"}}},{"name":"b","resources":{"limits":{"nvidia.com/gpu":"9223372036854775807"}}}]}}`,
+	`{"metadata":{"labels":{"berth.dev/project":"shop"}},"spec":{"initContainers":[{"name":"berth-blob-fetch"}],
+	    "volumes":[{"name":"berth-blob","emptyDir":{}}],
+	    "containers":[{"name":"main","command":["mvn"],"env":[{"name":"BERTH_BLOB_CONNECTION_STRING","value":"x"},{"name":"MAVEN_OPTS","value":"-Xmx1g"}],"volumeMounts":[{"name":"x","mountPath":"/berth/bin"}]}]}}`,
+	`{"metadata":{"labels":{"berth.dev/project":"shop"}},"spec":{"containers":[{"name":"main","command":["/berth/bin/berth-blob","run","--","make"]}]}}`,
 	`{"spec":{"priorityClassName":"","priority":5,"preemptionPolicy":"Never","containers":[{"name":"a","securityContext":{"privileged":true,"allowPrivilegeEscalation":true,"capabilities":{"add":["SYS_ADMIN"],"drop":["ALL","ALL"]}}}]}}`,
 }
 
@@ -68,7 +72,7 @@ func FuzzMutatePod(f *testing.F) {
 		class := berthv1alpha1.Classes[int(classIdx)%len(berthv1alpha1.Classes)]
 		ob := testOrg().SpotPolicy(fuzzPolicies[int(policyIdx)%len(fuzzPolicies)]).BuildScratch("5Gi", "7Gi")
 		if cache {
-			ob = ob.BuildCacheClaim("cache")
+			ob = ob.BuildCacheClaim("cache").Blob(berthv1alpha1.BlobSettings{AccountURL: "https://a.blob.core.windows.net", CredentialsSecret: &berthv1alpha1.SecretKeyRef{Name: "s"}})
 		}
 		tgt := target(t, class, ob.Obj())
 		if priority {

@@ -74,6 +74,10 @@ func (w *JobWebhook) ValidateCreate(ctx context.Context, job *batchv1.Job) (admi
 		return nil, d.deny(reasonOf(ferr), invalid(jobKind, job.Name, ferr))
 	}
 	d.org = t.Org.Name
+	t.Project = job.Spec.Template.Labels[berthv1alpha1.LabelProject]
+	if t.Project == "" {
+		t.Project = job.Labels[berthv1alpha1.LabelProject]
+	}
 	if errs := ValidatePod(&job.Spec.Template.Spec, *t, field.NewPath("spec", "template", "spec")); len(errs) > 0 {
 		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(jobKind, job.Name, errs))
 	}

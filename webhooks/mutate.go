@@ -44,6 +44,9 @@ type Target struct {
 	// none.
 	PriorityClass *schedulingv1.PriorityClass
 	Config        Config
+	// Project is the berth.dev/project label, for the rules that validate
+	// without the object's metadata.
+	Project string
 }
 
 // MutatePod makes a labelled Pod (or a Job's pod template) safe, sized and
@@ -55,6 +58,10 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	}
 	meta.Labels[berthv1alpha1.LabelOrg] = t.Org.Name
 
+	if t.Class == berthv1alpha1.ClassBuild {
+		// Before the defaults, so that the injected containers get them.
+		injectBlob(meta, spec, t)
+	}
 	applyResourceDefaults(spec, t)
 	if t.Class == berthv1alpha1.ClassBuild {
 		addScratch(spec, t.Org)

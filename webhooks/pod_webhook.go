@@ -57,6 +57,7 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 		return nil, d.deny(reasonOf(ferr), invalid(podKind, pod.Name, ferr))
 	}
 	d.org = t.Org.Name
+	t.Project = pod.Labels[berthv1alpha1.LabelProject]
 	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
 		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
 	}
@@ -184,6 +185,8 @@ func reasonOf(ferr *field.Error) string {
 		return "org"
 	case strings.Contains(ferr.Field, ".resources."):
 		return "resources"
+	case strings.HasSuffix(ferr.Field, ".command"), strings.Contains(ferr.Field, berthv1alpha1.LabelProject):
+		return "blob"
 	default:
 		return "security"
 	}

@@ -44,6 +44,7 @@ func ValidatePod(spec *corev1.PodSpec, t Target, path *field.Path) field.ErrorLi
 	var errs field.ErrorList
 	errs = append(errs, validateResources(spec, t, path)...)
 	errs = append(errs, validateSecurity(spec, path)...)
+	errs = append(errs, validateBlob(spec, t, path)...)
 	return errs
 }
 

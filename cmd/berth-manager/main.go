@@ -27,6 +27,7 @@ func main() {
 	flag.StringVar(&preset, "placement-preset", placement.PresetAKS, "node label and taint keys: "+strings.Join(placement.PresetNames(), ", "))
 	flag.StringVar(&o.Webhook.PriorityClassPrefix, "priority-class-prefix", "berth-", "a class's PriorityClass is {prefix}{class}, used when it exists")
 	flag.StringVar(&o.Webhook.ManagerUsername, "manager-username", "", "the only user allowed to release queued builds (default: the user berth-manager runs as)")
+	flag.StringVar(&o.Webhook.BlobImage, "blob-image", webhooks.DefaultBlobImage, "berth-blob image injected into builds of a project")
 	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")
 	flag.StringVar(&o.WebhookService, "webhook-service", "berth-webhook", "the webhook Service's name, for the certificate's DNS name")
