@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"berth.dev/berth/pkg/demo"
 	"berth.dev/berth/pkg/localcluster"
 )
 
@@ -76,11 +75,7 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("%w; run `make cluster-up` first", err)
 		}
-		cl, err := c.Client()
-		if err != nil {
-			return err
-		}
-		return demo.Run(ctx, cl, os.Stdout)
+		return runDemo(ctx, c, pools, root)
 	default:
 		return fmt.Errorf("unknown command %q: use up, down or demo", os.Args[1])
 	}

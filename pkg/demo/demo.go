@@ -1,12 +1,14 @@
-// Package demo runs berth's main job on the local cluster: it submits plain,
-// labelled workloads, as developers would, and reports where they landed.
+// Package demo runs berth's main job on the local cluster: it submits DESIGN.md's
+// reference load as plain labelled Pods and Jobs, as developers would, and
+// reports where it landed, per pool, against the bin-packing lower bound, with
+// an hourly cost next to the same load placed by the stock scheduler on
+// on-demand nodes.
 package demo
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -18,71 +20,214 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/placement"
 	"berth.dev/berth/pkg/testutil"
 )
 
-// Namespace and Org are the demo's tenant.
+// The demo's tenant and namespaces.
 const (
-	Namespace = "berth-demo"
-	Org       = "demo"
+	Org            = "demo"
+	Namespace      = "berth-demo"
+	StockNamespace = "berth-demo-stock"
 )
 
-// Run creates the demo Organization and namespace, submits a labelled build
-// Job, waits until it completes and prints where its Pod ran.
-func Run(ctx context.Context, cl client.Client, out io.Writer) error {
-	org := testutil.Org(Org).MaxWorkspaces(300).MaxConcurrentBuilds(50).MaxGPUs(16).Obj()
-	if err := createIfMissing(ctx, cl, org); err != nil {
-		return err
-	}
-	if err := createIfMissing(ctx, cl, testutil.Namespace(Namespace).Org(Org).Obj()); err != nil {
-		return err
-	}
-	name := fmt.Sprintf("build-%d", time.Now().Unix())
-	job := testutil.Job(name).Namespace(Namespace).Class(berthv1alpha1.ClassBuild).
-		User("demo").Project("hello").Resource(corev1.ResourceCPU, "1").Resource(corev1.ResourceMemory, "2Gi").Obj()
-	if err := cl.Create(ctx, job); err != nil {
-		return fmt.Errorf("submit job %s: %w", name, err)
-	}
-	fmt.Fprintf(out, "submitted Job %s/%s (berth.dev/class=build)\n", Namespace, name)
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		got := &batchv1.Job{}
-		if err := cl.Get(ctx, client.ObjectKeyFromObject(job), got); err != nil {
-			return false, err
-		}
-		return got.Status.Succeeded > 0, nil
-	})
-	if err != nil {
-		return fmt.Errorf("wait for Job %s to complete: %w", name, err)
-	}
-	return printPlacement(ctx, cl, out)
+// Options configure Run.
+type Options struct {
+	Pools *localcluster.Pools
+	Keys  placement.Keys
+	Seed  int64
+	Out   io.Writer
 }
 
-func createIfMissing(ctx context.Context, cl client.Client, obj client.Object) error {
-	if err := cl.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create %T %s: %w", obj, obj.GetName(), err)
+// Run places the reference load first as a cluster without berth would (plain
+// Pods, stock scheduler), then with berth, and prints both. berth-manager and
+// berth-scheduler must be running. The berth placement is left in place.
+func Run(ctx context.Context, cl client.Client, o Options) error {
+	org := testutil.Org(Org).MaxWorkspaces(Workspaces).MaxConcurrentBuilds(Builds).MaxGPUs(2 * VLLM).Obj()
+	for _, obj := range []client.Object{org, testutil.Namespace(Namespace).Org(Org).Obj(), testutil.Namespace(StockNamespace).Obj()} {
+		if err := cl.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %T %s: %w", obj, obj.GetName(), err)
+		}
 	}
+	for _, ns := range []string{Namespace, StockNamespace} {
+		if err := clearNamespace(ctx, cl, ns); err != nil {
+			return err
+		}
+	}
+	load := ReferenceLoad(o.Seed)
+	fmt.Fprintf(o.Out, "reference load: %d workspaces, %d builds, %d vLLM replicas of 2 GPUs\n\n", Workspaces, Builds, VLLM)
+
+	fmt.Fprintln(o.Out, "placing it as a cluster without berth would: plain Pods, stock kube-scheduler ...")
+	for _, p := range load {
+		build := p.Labels[berthv1alpha1.LabelClass] == string(berthv1alpha1.ClassBuild)
+		p = Plain(p, o.Keys)
+		p.Namespace = StockNamespace
+		var obj client.Object = p
+		if build {
+			obj = AsJob(p)
+		}
+		if err := cl.Create(ctx, obj); err != nil {
+			return fmt.Errorf("create %s: %w", p.Name, err)
+		}
+	}
+	pending := waitBound(ctx, cl, StockNamespace, len(load))
+	stock, err := summarize(ctx, cl, StockNamespace, o.Pools, pending, false)
+	if err != nil {
+		return err
+	}
+	if err := clearNamespace(ctx, cl, StockNamespace); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(o.Out, "placing it with berth: labelled Pods and Jobs, berth's webhooks and berth-scheduler ...")
+	for _, p := range load {
+		p = p.DeepCopy()
+		p.Namespace = Namespace
+		var obj client.Object = p
+		if p.Labels[berthv1alpha1.LabelClass] == string(berthv1alpha1.ClassBuild) {
+			obj = AsJob(p)
+		}
+		if err := cl.Create(ctx, obj); err != nil {
+			return fmt.Errorf("create %s: %w", p.Name, err)
+		}
+	}
+	pending = waitBound(ctx, cl, Namespace, len(load))
+	berth, err := summarize(ctx, cl, Namespace, o.Pools, pending, true)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(o.Out)
+	report(o.Out, "stock kube-scheduler, on-demand prices", stock)
+	fmt.Fprintln(o.Out)
+	report(o.Out, "berth", berth)
+	fmt.Fprintf(o.Out, "\nhourly cost: berth $%.2f, stock on demand $%.2f: %.0f%% less\n",
+		berth.cost, stock.cost, 100*(1-berth.cost/stock.cost))
+	fmt.Fprintf(o.Out, "\nthe berth placement stays: kubectl get pods -n %s -o wide; kubectl get orgs\n", Namespace)
 	return nil
 }
 
-// printPlacement prints, per pool, the demo's Pods that landed there.
-func printPlacement(ctx context.Context, cl client.Client, out io.Writer) error {
+type poolRow struct {
+	pool                    string
+	pods, nodes, lowerBound int
+	price, cost             float64
+}
+
+type summary struct {
+	rows    []poolRow
+	pending int
+	cost    float64
+	// done counts finished Pods (builds) per pool; they hold no node.
+	done map[string]int
+}
+
+// summarize groups the namespace's Pods by the pool of their node; spot
+// decides whether the spot price applies to spot pools.
+func summarize(ctx context.Context, cl client.Client, ns string, pools *localcluster.Pools, pending int, spot bool) (summary, error) {
 	var pods corev1.PodList
-	if err := cl.List(ctx, &pods, client.InNamespace(Namespace)); err != nil {
-		return err
+	if err := cl.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		return summary{}, err
 	}
 	var nodes corev1.NodeList
 	if err := cl.List(ctx, &nodes); err != nil {
-		return err
+		return summary{}, err
 	}
-	pool := map[string]string{}
+	poolOf := map[string]string{}
 	for _, n := range nodes.Items {
-		pool[n.Name] = n.Labels[localcluster.LabelPool]
+		poolOf[n.Name] = n.Labels[localcluster.LabelPool]
 	}
-	sort.Slice(pods.Items, func(i, j int) bool { return pods.Items[i].Name < pods.Items[j].Name })
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tCLASS\tPHASE\tNODE\tPOOL")
-	for _, p := range pods.Items {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Labels[berthv1alpha1.LabelClass], p.Status.Phase, p.Spec.NodeName, pool[p.Spec.NodeName])
+	byPool := map[string][]*corev1.Pod{}
+	used := map[string]map[string]bool{}
+	s := summary{pending: pending, done: map[string]int{}}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Spec.NodeName == "" {
+			continue
+		}
+		pool := poolOf[p.Spec.NodeName]
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			s.done[pool]++
+			continue
+		}
+		byPool[pool] = append(byPool[pool], p)
+		if used[pool] == nil {
+			used[pool] = map[string]bool{}
+		}
+		used[pool][p.Spec.NodeName] = true
 	}
-	return tw.Flush()
+	for _, name := range pools.Names() {
+		if len(byPool[name]) == 0 {
+			continue
+		}
+		pool, _ := pools.Get(name)
+		price := pool.Price.OnDemand
+		if spot && pool.Labels["kubernetes.azure.com/scalesetpriority"] == "spot" {
+			price = pool.Price.Spot
+		}
+		r := poolRow{pool: name, pods: len(byPool[name]), nodes: len(used[name]), lowerBound: LowerBound(byPool[name], pool), price: price}
+		r.cost = float64(r.nodes) * price
+		s.cost += r.cost
+		s.rows = append(s.rows, r)
+	}
+	return s, nil
+}
+
+func report(w io.Writer, title string, s summary) {
+	fmt.Fprintf(w, "%s:\n", title)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "POOL\tRUNNING PODS\tNODES USED\tLOWER BOUND\tRATIO\t$/NODE-HOUR\t$/HOUR\t")
+	var pods, nodes, lb int
+	for _, r := range s.rows {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2fx\t%.3f\t%.2f\t\n", r.pool, r.pods, r.nodes, r.lowerBound, float64(r.nodes)/float64(max(1, r.lowerBound)), r.price, r.cost)
+		pods, nodes, lb = pods+r.pods, nodes+r.nodes, lb+r.lowerBound
+	}
+	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%.2fx\t\t%.2f\t\n", pods, nodes, lb, float64(nodes)/float64(max(1, lb)), s.cost)
+	_ = tw.Flush()
+	for pool, n := range s.done {
+		fmt.Fprintf(w, "%d builds ran on %s nodes and finished\n", n, pool)
+	}
+	if s.pending > 0 {
+		fmt.Fprintf(w, "%d Pods found no node\n", s.pending)
+	}
+}
+
+// waitBound waits until n Pods of the namespace are bound, or until they
+// stop making progress; it returns how many are not.
+func waitBound(ctx context.Context, cl client.Client, ns string, n int) int {
+	last, still := -1, 0
+	bound := 0
+	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		if err := cl.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return false, nil
+		}
+		bound = 0
+		for _, p := range pods.Items {
+			if p.Spec.NodeName != "" {
+				bound++
+			}
+		}
+		if bound == last {
+			still++
+		} else {
+			last, still = bound, 0
+		}
+		return bound >= n || still > 20, nil
+	})
+	return n - bound
+}
+
+// clearNamespace deletes the namespace's Pods and Jobs and waits until they are gone.
+func clearNamespace(ctx context.Context, cl client.Client, ns string) error {
+	bg := client.PropagationPolicy("Background")
+	if err := cl.DeleteAllOf(ctx, &batchv1.Job{}, client.InNamespace(ns), bg); err != nil {
+		return fmt.Errorf("delete Jobs in %s: %w", ns, err)
+	}
+	if err := cl.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
+		return fmt.Errorf("delete Pods in %s: %w", ns, err)
+	}
+	return wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		err := cl.List(ctx, &pods, client.InNamespace(ns))
+		return err == nil && len(pods.Items) == 0, nil
+	})
 }

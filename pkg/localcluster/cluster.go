@@ -129,12 +129,18 @@ func (c *Cluster) Delete(ctx context.Context) error {
 	if _, err := os.Stat(c.Dir()); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	// Read the pids first: kwokctl removes the folder, berth's own
+	// components' pid files with it.
+	pids := c.PIDs()
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
 	// kwokctl refuses an empty --kubeconfig on delete; give it a file it
 	// owns so it never edits the user's kubeconfig.
 	err := c.kwokctl(ctx, "delete", "cluster", "--name", c.Name,
 		"--kubeconfig", filepath.Join(c.WorkDir, c.Name+"-unused-kubeconfig"))
-	// Make sure: kill whatever a half-made cluster left behind.
-	for _, pid := range c.PIDs() {
+	// Make sure: kill whatever is left, a half-made cluster's included.
+	for _, pid := range append(pids, c.PIDs()...) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if c.keeper != nil {

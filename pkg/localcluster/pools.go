@@ -29,8 +29,16 @@ type Pool struct {
 	Capacity     map[corev1.ResourceName]string `json:"capacity"`
 	Labels       map[string]string              `json:"labels,omitempty"`
 	Taints       []corev1.Taint                 `json:"taints,omitempty"`
+	// Price is the hourly price of one node, for cost reports.
+	Price Price `json:"price,omitempty"`
 
 	capacity corev1.ResourceList // Capacity, parsed
+}
+
+// Price is a node's hourly price in US dollars, on demand and as spot.
+type Price struct {
+	OnDemand float64 `json:"onDemand,omitempty"`
+	Spot     float64 `json:"spot,omitempty"`
 }
 
 // Pools is the content of manifests/local-cluster/pools.yaml.
@@ -54,6 +62,9 @@ func ParsePools(data []byte) (*Pools, error) {
 			return nil, fmt.Errorf("pools[%d].name %q is used twice; pool names must be unique", i, pool.Name)
 		}
 		seen[pool.Name] = true
+		if pool.Price.OnDemand < 0 || pool.Price.Spot < 0 {
+			return nil, fmt.Errorf("pools[%d].price is negative; use US dollars an hour, such as 1.25", i)
+		}
 		if pool.Count < 0 {
 			return nil, fmt.Errorf("pools[%d].count %d is negative; use 0 or more", i, pool.Count)
 		}

@@ -14,8 +14,7 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"berth.dev/berth/pkg/localcluster"
 )
 
 // binaries holds berth binaries built once per test process.
@@ -121,7 +120,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		p.Stop()
 		t.Fatalf("berth-manager not ready: %v\n%s", err, p.Tail(40))
 	}
-	if err := waitCABundles(ctx, env.Client); err != nil {
+	if err := localcluster.WaitWebhookCA(ctx, env.Client, 90*time.Second); err != nil {
 		p.Stop()
 		t.Fatalf("webhook CA not injected: %v\n%s", err, p.Tail(40))
 	}
@@ -234,30 +233,6 @@ func (p *Process) MetricValue(name string, labels ...string) (float64, error) {
 		}
 	}
 	return sum, sc.Err()
-}
-
-// waitCABundles waits until every webhook of berth's configurations carries
-// a CA bundle.
-func waitCABundles(ctx context.Context, c client.Client) error {
-	for {
-		mut := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		val := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		ok := c.Get(ctx, client.ObjectKey{Name: "berth"}, mut) == nil && c.Get(ctx, client.ObjectKey{Name: "berth"}, val) == nil
-		for _, w := range mut.Webhooks {
-			ok = ok && len(w.ClientConfig.CABundle) > 0
-		}
-		for _, w := range val.Webhooks {
-			ok = ok && len(w.ClientConfig.CABundle) > 0
-		}
-		if ok && len(mut.Webhooks) > 0 && len(val.Webhooks) > 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // StartPackageManager is StartManager for a process the package's tests

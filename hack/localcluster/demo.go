@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"berth.dev/berth/pkg/demo"
+	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/placement"
+)
+
+// runDemo starts berth-manager and berth-scheduler beside the cluster (they
+// stop with `make cluster-down`) and runs the demo.
+func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.Pools, root string) error {
+	cl, err := c.Client()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(root, "bin")
+	if !running(c, "berth-manager") {
+		ports, err := freePorts(3)
+		if err != nil {
+			return err
+		}
+		fmt.Println("starting berth-manager (webhooks, build queue, org status) ...")
+		err = c.StartComponent(ctx, "berth-manager", filepath.Join(bin, "berth-manager"),
+			"--kubeconfig", c.Kubeconfig(),
+			"--webhook-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+			"--webhook-url", fmt.Sprintf("https://localhost:%d", ports[0]),
+			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[2]),
+			"--cert-dir", filepath.Join(c.Dir(), "berth-certs"))
+		if err != nil {
+			return err
+		}
+		if err := localcluster.WaitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]), time.Minute); err != nil {
+			return fmt.Errorf("berth-manager: %w\n%s", err, c.ComponentLog("berth-manager", 20))
+		}
+		if err := localcluster.WaitWebhookCA(ctx, cl, time.Minute); err != nil {
+			return err
+		}
+	}
+	if !running(c, "berth-scheduler") {
+		port, err := freePorts(1)
+		if err != nil {
+			return err
+		}
+		config, err := schedulerConfig(c, root)
+		if err != nil {
+			return err
+		}
+		fmt.Println("starting berth-scheduler ...")
+		err = c.StartComponent(ctx, "berth-scheduler", filepath.Join(bin, "berth-scheduler"),
+			"--config", config, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port[0]))
+		if err != nil {
+			return err
+		}
+		if err := localcluster.WaitHTTP(ctx, fmt.Sprintf("https://127.0.0.1:%d/healthz", port[0]), time.Minute); err != nil {
+			return fmt.Errorf("berth-scheduler: %w\n%s", err, c.ComponentLog("berth-scheduler", 20))
+		}
+	}
+	keys, err := placement.Preset(placement.PresetAKS)
+	if err != nil {
+		return err
+	}
+	return demo.Run(ctx, cl, demo.Options{Pools: pools, Keys: keys, Seed: 1, Out: os.Stdout})
+}
+
+// schedulerConfig writes berth-scheduler's shipped configuration, pointed
+// at the cluster, into the cluster's folder.
+func schedulerConfig(c *localcluster.Cluster, root string) (string, error) {
+	raw, err := os.ReadFile(filepath.Join(root, "manifests", "scheduler", "berth-scheduler.yaml"))
+	if err != nil {
+		return "", err
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		return "", fmt.Errorf("parse berth-scheduler.yaml: %w", err)
+	}
+	cfg["clientConnection"] = map[string]any{"kubeconfig": c.Kubeconfig(), "qps": 1000, "burst": 1000}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(c.Dir(), "berth-scheduler.yaml")
+	return path, os.WriteFile(path, out, 0o644)
+}
+
+// running reports whether a component started earlier still runs.
+func running(c *localcluster.Cluster, name string) bool {
+	b, err := os.ReadFile(filepath.Join(c.Dir(), "pids", name+".pid"))
+	if err != nil {
+		return false
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "%d", &pid); err != nil {
+		return false
+	}
+	return syscall.Kill(pid, 0) == nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
