@@ -3,8 +3,6 @@ package scheduling
 import (
 	"context"
 	"fmt"
-	"math"
-	"math/rand"
 	"sort"
 	"sync"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/demo"
 	"berth.dev/berth/pkg/localcluster"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
@@ -117,8 +116,8 @@ func BenchmarkReferenceLoad(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	load := ReferenceLoad(rand.New(rand.NewSource(1)))
-	lb := LowerBound(load, pools)
+	load := demo.ReferenceLoad(1)
+	lb := lowerBound(load, pools)
 	for _, sched := range []string{stock, berth} {
 		ns := env.Namespace(b, org.Name)
 		create(b, c, len(load), func(i int) *corev1.Pod {
@@ -137,58 +136,20 @@ func BenchmarkReferenceLoad(b *testing.B) {
 	}
 }
 
-// ReferenceLoad is DESIGN.md's reference load as labelled Pods.
-func ReferenceLoad(r *rand.Rand) []*corev1.Pod {
-	var out []*corev1.Pod
-	size := func() (string, string) {
-		if r.Intn(2) == 0 {
-			return "1", "2Gi"
-		}
-		return "2", "4Gi"
-	}
-	for i := range 300 {
-		cpu, mem := size()
-		out = append(out, testutil.Pod(fmt.Sprintf("ws-%03d", i)).Class(berthv1alpha1.ClassWorkspace).User(fmt.Sprintf("u%03d", i)).
-			Resource(corev1.ResourceCPU, cpu).Resource(corev1.ResourceMemory, mem).Obj())
-	}
-	for i := range 50 {
-		cpu, mem := size()
-		out = append(out, testutil.Pod(fmt.Sprintf("build-%02d", i)).Class(berthv1alpha1.ClassBuild).Project(fmt.Sprintf("p%02d", i)).
-			Resource(corev1.ResourceCPU, cpu).Resource(corev1.ResourceMemory, mem).Obj())
-	}
-	for i := range 8 {
-		out = append(out, testutil.Pod(fmt.Sprintf("vllm-%d", i)).Class(berthv1alpha1.ClassInference).
-			Resource(corev1.ResourceCPU, "8").Resource(corev1.ResourceMemory, "64Gi").Resource("nvidia.com/gpu", "2").Obj())
-	}
-	return out
-}
-
-// LowerBound is the fewest nodes the load fits on: per pool, the largest of
-// total CPU, memory and GPUs over one node's.
-func LowerBound(load []*corev1.Pod, pools *localcluster.Pools) int {
-	type sum struct{ cpu, mem, gpu int64 }
-	var general, gpu sum
+// lowerBound is the fewest nodes the load fits on: workspaces and builds
+// on spot local-SSD nodes, inference on GPU nodes.
+func lowerBound(load []*corev1.Pod, pools *localcluster.Pools) int {
+	var general, gpu []*corev1.Pod
 	for _, p := range load {
-		c := p.Spec.Containers[0].Resources.Requests
-		s := &general
 		if p.Labels[berthv1alpha1.LabelClass] == string(berthv1alpha1.ClassInference) {
-			s = &gpu
+			gpu = append(gpu, p)
+		} else {
+			general = append(general, p)
 		}
-		s.cpu += c.Cpu().MilliValue()
-		s.mem += c.Memory().Value()
-		g := c[corev1.ResourceName("nvidia.com/gpu")]
-		s.gpu += g.Value()
 	}
-	fit := func(s sum, pool string) int {
-		p, _ := pools.Get(pool)
-		n := p.Node(0).Status.Allocatable
-		need := math.Max(float64(s.cpu)/float64(n.Cpu().MilliValue()), float64(s.mem)/float64(n.Memory().Value()))
-		if g := n[corev1.ResourceName("nvidia.com/gpu")]; g.Value() > 0 {
-			need = math.Max(need, float64(s.gpu)/float64(g.Value()))
-		}
-		return int(math.Ceil(need))
-	}
-	return fit(general, "spot-ssd") + fit(gpu, "gpu")
+	spotPool, _ := pools.Get("spot-ssd")
+	gpuPool, _ := pools.Get("gpu")
+	return demo.LowerBound(general, spotPool) + demo.LowerBound(gpu, gpuPool)
 }
 
 // NodesUsed counts the nodes the Pods landed on, and the share of
