@@ -39,11 +39,10 @@ func (w *JobWebhook) Default(ctx context.Context, job *batchv1.Job) error {
 	if d.skip(w.Resolver.Config, job.Labels) {
 		return nil
 	}
-	t, ferr := w.Resolver.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
-	if ferr != nil {
-		return d.deny(reasonOf(ferr), invalid(jobKind, job.Name, ferr))
+	t, err := d.target(ctx, w.Resolver, jobKind, job.Name)
+	if err != nil {
+		return err
 	}
-	d.org = t.Org.Name
 	job.Labels[berthv1alpha1.LabelOrg] = t.Org.Name
 	tmpl := &job.Spec.Template
 	if tmpl.Labels == nil {
@@ -69,11 +68,10 @@ func (w *JobWebhook) ValidateCreate(ctx context.Context, job *batchv1.Job) (admi
 	if d.skip(w.Resolver.Config, job.Labels) {
 		return nil, nil
 	}
-	t, ferr := w.Resolver.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
-	if ferr != nil {
-		return nil, d.deny(reasonOf(ferr), invalid(jobKind, job.Name, ferr))
+	t, err := d.target(ctx, w.Resolver, jobKind, job.Name)
+	if err != nil {
+		return nil, err
 	}
-	d.org = t.Org.Name
 	t.Project = job.Spec.Template.Labels[berthv1alpha1.LabelProject]
 	if t.Project == "" {
 		t.Project = job.Labels[berthv1alpha1.LabelProject]

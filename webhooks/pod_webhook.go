@@ -37,11 +37,10 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 	if d.skip(w.Resolver.Config, pod.Labels) {
 		return nil
 	}
-	t, ferr := w.Resolver.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
-	if ferr != nil {
-		return d.deny(reasonOf(ferr), invalid(podKind, pod.Name, ferr))
+	t, err := d.target(ctx, w.Resolver, podKind, pod.Name)
+	if err != nil {
+		return err
 	}
-	d.org = t.Org.Name
 	MutatePod(&pod.ObjectMeta, &pod.Spec, *t)
 	return d.allow()
 }
@@ -52,11 +51,10 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	if d.skip(w.Resolver.Config, pod.Labels) {
 		return nil, nil
 	}
-	t, ferr := w.Resolver.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
-	if ferr != nil {
-		return nil, d.deny(reasonOf(ferr), invalid(podKind, pod.Name, ferr))
+	t, err := d.target(ctx, w.Resolver, podKind, pod.Name)
+	if err != nil {
+		return nil, err
 	}
-	d.org = t.Org.Name
 	t.Project = pod.Labels[berthv1alpha1.LabelProject]
 	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
 		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
@@ -68,7 +66,6 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 		return nil, d.allow()
 	}
 	entry := quota.Entry{UID: pod.UID, Class: t.Class, GPUs: gpus, Admitted: w.now()}
-	var err error
 	if d.dryRun {
 		var entries map[string]quota.Entry
 		if entries, err = w.Ledger.Entries(ctx, t.Org.Name); err == nil {
@@ -136,6 +133,17 @@ func (d *decision) skip(cfg Config, labels map[string]string) bool {
 	class, ok := classOf(labels)
 	d.class = class
 	return !ok || cfg.Skipped(d.namespace)
+}
+
+// target resolves the object's Target, recording its org, or returns the
+// denial.
+func (d *decision) target(ctx context.Context, r *Resolver, gk schema.GroupKind, name string) (*Target, error) {
+	t, ferr := r.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
+	if ferr != nil {
+		return nil, d.deny(reasonOf(ferr), invalid(gk, name, ferr))
+	}
+	d.org = t.Org.Name
+	return t, nil
 }
 
 func (d *decision) done(result string) {

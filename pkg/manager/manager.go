@@ -236,31 +236,35 @@ func registerConfigurations(ctx context.Context, c client.Client, o Options) err
 }
 
 func updateKeepingCA(ctx context.Context, c client.Client, obj client.Object) error {
-	switch want := obj.(type) {
-	case *admissionregistrationv1.MutatingWebhookConfiguration:
-		got := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(want), got); err != nil {
-			return err
-		}
-		for i := range want.Webhooks {
-			if i < len(got.Webhooks) {
-				want.Webhooks[i].ClientConfig.CABundle = got.Webhooks[i].ClientConfig.CABundle
-			}
-		}
-		want.ResourceVersion = got.ResourceVersion
-	case *admissionregistrationv1.ValidatingWebhookConfiguration:
-		got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(want), got); err != nil {
-			return err
-		}
-		for i := range want.Webhooks {
-			if i < len(got.Webhooks) {
-				want.Webhooks[i].ClientConfig.CABundle = got.Webhooks[i].ClientConfig.CABundle
-			}
-		}
-		want.ResourceVersion = got.ResourceVersion
+	got := obj.DeepCopyObject().(client.Object)
+	if err := c.Get(ctx, client.ObjectKeyFromObject(obj), got); err != nil {
+		return err
 	}
+	want, have := clientConfigs(obj), clientConfigs(got)
+	for i := range want {
+		if i < len(have) {
+			want[i].CABundle = have[i].CABundle
+		}
+	}
+	obj.SetResourceVersion(got.GetResourceVersion())
 	return c.Update(ctx, obj)
+}
+
+// clientConfigs points at the client configs of a webhook configuration's
+// webhooks.
+func clientConfigs(obj client.Object) []*admissionregistrationv1.WebhookClientConfig {
+	var out []*admissionregistrationv1.WebhookClientConfig
+	switch o := obj.(type) {
+	case *admissionregistrationv1.MutatingWebhookConfiguration:
+		for i := range o.Webhooks {
+			out = append(out, &o.Webhooks[i].ClientConfig)
+		}
+	case *admissionregistrationv1.ValidatingWebhookConfiguration:
+		for i := range o.Webhooks {
+			out = append(out, &o.Webhooks[i].ClientConfig)
+		}
+	}
+	return out
 }
 
 // whoAmI returns the user berth-manager acts as.

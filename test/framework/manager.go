@@ -116,7 +116,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 	p.start(t, bin, args)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	if err := p.waitReady(ctx); err != nil {
+	if err := p.waitHealthy(ctx, p.Health+"/readyz", 90*time.Second); err != nil {
 		p.Stop()
 		t.Fatalf("berth-manager not ready: %v\n%s", err, p.Tail(40))
 	}
@@ -180,28 +180,6 @@ func (p *Process) Tail(n int) string {
 		}
 	}
 	return strings.Join(lines, "\n")
-}
-
-func (p *Process) waitReady(ctx context.Context) error {
-	for {
-		select {
-		case <-p.done:
-			return fmt.Errorf("exited")
-		default:
-		}
-		resp, err := http.Get(p.Health + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // MetricValue sums a counter or gauge of the process's /metrics over all

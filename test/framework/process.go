@@ -2,12 +2,13 @@ package framework
 
 import (
 	"context"
-	"crypto/tls"
-	"net/http"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"berth.dev/berth/pkg/localcluster"
 )
 
 // StartProcess runs bin with args for the test, logging to a file of its
@@ -55,26 +56,28 @@ func FreePort(t testing.TB) int {
 // timeout passes.
 func (p *Process) WaitHealthy(t testing.TB, url string, timeout time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	hc := &http.Client{
-		Timeout:   2 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+	if err := p.waitHealthy(t.Context(), url, timeout); err != nil {
+		t.Fatalf("%s: %v\n%s", p.Name, err, p.Tail(40))
 	}
-	for {
-		resp, err := hc.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
+}
+
+// waitHealthy is WaitHealthy returning an error: the process exited, or url
+// did not answer 200 within timeout.
+func (p *Process) waitHealthy(ctx context.Context, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
 		select {
 		case <-p.done:
-			t.Fatalf("%s exited:\n%s", p.Name, p.Tail(40))
+			cancel()
 		case <-ctx.Done():
-			t.Fatalf("%s not healthy at %s: %v\n%s", p.Name, url, ctx.Err(), p.Tail(40))
-		case <-time.After(100 * time.Millisecond):
 		}
+	}()
+	err := localcluster.WaitHTTP(ctx, url, timeout)
+	select {
+	case <-p.done:
+		return fmt.Errorf("exited")
+	default:
+		return err
 	}
 }

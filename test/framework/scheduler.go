@@ -1,10 +1,7 @@
 package framework
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -60,26 +57,11 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 	}
 	p := &Process{Name: "berth-scheduler", Health: fmt.Sprintf("https://127.0.0.1:%d", port), Log: filepath.Join(dir, "log")}
 	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1"})
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	for {
-		resp, err := hc.Get(p.Health + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("berth-scheduler exited:\n%s", p.Tail(40))
-		case <-ctx.Done():
-			p.Stop()
-			t.Fatalf("berth-scheduler not healthy: %v\n%s", ctx.Err(), p.Tail(40))
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
+		p.Stop()
+		t.Fatalf("berth-scheduler not healthy: %v\n%s", err, p.Tail(40))
 	}
+	return p
 }
 
 // StartPackageScheduler is StartScheduler for a scheduler the package's
