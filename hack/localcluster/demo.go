@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -25,7 +24,7 @@ func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.P
 	}
 	bin := filepath.Join(root, "bin")
 	if !running(c, "berth-manager") {
-		ports, err := freePorts(3)
+		ports, err := localcluster.FreePorts(3)
 		if err != nil {
 			return err
 		}
@@ -48,7 +47,7 @@ func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.P
 		}
 	}
 	if !running(c, "berth-scheduler") {
-		port, err := freePorts(1)
+		port, err := localcluster.FreePorts(1)
 		if err != nil {
 			return err
 		}
@@ -104,17 +103,4 @@ func running(c *localcluster.Cluster, name string) bool {
 		return false
 	}
 	return syscall.Kill(pid, 0) == nil
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

@@ -75,7 +75,7 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 	if _, err := os.Stat(c.Dir()); err == nil {
 		return nil, fmt.Errorf("local cluster %q already exists in %s; run `make cluster-down` (or delete it) first", opts.Name, c.Dir())
 	}
-	ports, err := freePorts(6)
+	ports, err := FreePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -222,9 +222,9 @@ func (c *Cluster) waitHealthy(ctx context.Context, timeout time.Duration) error 
 	return fmt.Errorf("local cluster %q API server not ready after %s (logs in %s/logs): %s", c.Name, timeout, c.Dir(), last)
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1. The listeners are
+// FreePorts returns n distinct free TCP ports on 127.0.0.1. The listeners are
 // held until all are chosen so the kernel never hands out one twice.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
