@@ -35,6 +35,10 @@ type Config struct {
 	// BlobImage is the berth-blob image injected into builds of a project
 	// (default DefaultBlobImage).
 	BlobImage string
+	// QuotaHoldSize is how many workspace slots a replica takes from an
+	// org's quota ledger at once, to admit workspaces without a write each;
+	// 0 writes the ledger on every admission.
+	QuotaHoldSize int64
 }
 
 // Resolver finds what a decision needs: the org of a namespace and the

@@ -1,6 +1,8 @@
 package webhooks
 
 import (
+	"fmt"
+
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,6 +36,11 @@ func (e Endpoint) clientConfig(path string) admissionregistrationv1.WebhookClien
 	}
 	return cc
 }
+
+// ChargedExpression is the CEL match condition of the Pod validating
+// webhook: the Pod carries AnnotationQuota.
+var ChargedExpression = fmt.Sprintf("has(object.metadata.annotations) && %[1]q in object.metadata.annotations && object.metadata.annotations[%[1]q] == %[2]q",
+	berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
 
 // Configurations returns berth's webhook configurations: failurePolicy Fail
 // inside the scope (labelled objects outside system namespaces), a 3 s
@@ -89,6 +96,12 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 			// The quota ledger is written, except on dry runs.
 			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
 			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
+			// Only Pods the mutating webhook marked as counting against a
+			// limit: the others were checked there, and cost one call.
+			MatchConditions: []admissionregistrationv1.MatchCondition{{
+				Name:       "charged",
+				Expression: ChargedExpression,
+			}},
 		}, {
 			Name: "jobs.validate.berth.dev", ClientConfig: e.clientConfig(PathValidateJob), Rules: rule("batch", "jobs", create, update),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,

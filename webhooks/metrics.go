@@ -19,6 +19,16 @@ var (
 		Help:    "Time to decide one admission, by kind and phase (mutate, validate).",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 	}, []string{"kind", "phase"})
+	ledgerWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "berth_webhook_quota_write_seconds",
+		Help:    "Time of one quota ledger write on the API server; one write commits a batch of reservations.",
+		Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
+	})
+	ledgerBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "berth_webhook_quota_batch_size",
+		Help:    "Reservations decided together and committed in one ledger write.",
+		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
+	})
 	quotaConflicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_webhook_quota_retries_total",
 		Help: "Quota ledger writes lost to another replica and decided again.",
@@ -26,5 +36,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(admissions, denials, latency, quotaConflicts)
+	metrics.Registry.MustRegister(admissions, denials, latency, ledgerWrites, ledgerBatch, quotaConflicts)
 }

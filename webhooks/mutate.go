@@ -12,6 +12,7 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/placement"
+	"berth.dev/berth/pkg/quota"
 )
 
 // Names berth gives what it adds to a Pod, so a second pass recognises them.
@@ -71,6 +72,7 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	}
 	harden(spec)
 	place(spec, t)
+	markCharged(meta, spec, t)
 	if pc := t.PriorityClass; pc != nil && spec.PriorityClassName == "" {
 		spec.PriorityClassName = pc.Name
 		spec.Priority = ptr.To(pc.Value)
@@ -78,6 +80,17 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 			spec.PreemptionPolicy = ptr.To(*pc.PreemptionPolicy)
 		}
 	}
+}
+
+// markCharged sets AnnotationQuota on a Pod its org limits, and removes
+// whatever the user wrote otherwise. The validating webhook is called only
+// for marked Pods.
+func markCharged(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
+	if t.Class != berthv1alpha1.ClassBuild && quota.Limited(t.Org, t.Class, podGPUs(spec)) {
+		setAnnotation(meta, berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
+		return
+	}
+	delete(meta.Annotations, berthv1alpha1.AnnotationQuota)
 }
 
 func setAnnotation(meta *metav1.ObjectMeta, k, v string) {

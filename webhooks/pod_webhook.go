@@ -42,10 +42,18 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	MutatePod(&pod.ObjectMeta, &pod.Spec, *t)
+	// The validating webhook sees only Pods that count against a limit, so
+	// the Pod is checked here, as mutated. A later webhook that changes it
+	// makes the API server call this one again.
+	t.Project = pod.Labels[berthv1alpha1.LabelProject]
+	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
+		return d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
+	}
 	return d.allow()
 }
 
-// ValidateCreate checks the mutated Pod and charges its quota.
+// ValidateCreate checks the final Pod and charges its quota. The API server
+// calls it only for Pods marked AnnotationQuota.
 func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admission.Warnings, error) {
 	d := begin(ctx, "Pod", "validate", pod.Name)
 	if d.skip(w.Resolver.Config, pod.Labels) {
@@ -66,13 +74,11 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 		return nil, d.allow()
 	}
 	entry := quota.Entry{UID: pod.UID, Class: t.Class, GPUs: gpus, Admitted: w.now()}
+	key := quota.Key(d.namespace, pod.Name)
 	if d.dryRun {
-		var entries map[string]quota.Entry
-		if entries, err = w.Ledger.Entries(ctx, t.Org.Name); err == nil {
-			err = quota.Check(t.Org, entries, entry)
-		}
+		err = w.Ledger.Fits(ctx, t.Org, key, entry)
 	} else {
-		err = w.Ledger.Reserve(ctx, t.Org, quota.Key(d.namespace, pod.Name), entry)
+		err = w.Ledger.Reserve(ctx, t.Org, key, entry)
 	}
 	var exceeded *quota.ExceededError
 	if errors.As(err, &exceeded) {

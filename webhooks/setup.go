@@ -2,10 +2,13 @@ package webhooks
 
 import (
 	"fmt"
+	"os"
+	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -34,9 +37,21 @@ func Setup(mgr ctrl.Manager, srv webhook.Server, cfg Config, kinds []string) err
 	for _, k := range kinds {
 		switch k {
 		case "pod":
-			w := &PodWebhook{Resolver: resolver, Ledger: &quota.Ledger{
+			ledger := &quota.Ledger{
 				Client: directClient(mgr), Namespace: cfg.Namespace, OnConflict: quotaConflicts.Inc,
-			}}
+				OnWrite: func(batch int, took time.Duration) {
+					ledgerBatch.Observe(float64(batch))
+					ledgerWrites.Observe(took.Seconds())
+				},
+				HoldSize: cfg.QuotaHoldSize,
+			}
+			if cfg.QuotaHoldSize > 0 {
+				ledger.Replica = replicaName()
+				if err := mgr.Add(ledger); err != nil {
+					return err
+				}
+			}
+			w := &PodWebhook{Resolver: resolver, Ledger: ledger}
 			srv.Register(PathMutatePod, admission.WithDefaulter[*corev1.Pod](mgr.GetScheme(), w))
 			srv.Register(PathValidatePod, admission.WithValidator[*corev1.Pod](mgr.GetScheme(), w))
 		case "job":
@@ -48,6 +63,16 @@ func Setup(mgr ctrl.Manager, srv webhook.Server, cfg Config, kinds []string) err
 		}
 	}
 	return nil
+}
+
+// replicaName names this process's quota holds: the host (the Pod's name in
+// a cluster) and a random suffix, unique per process.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "berth-manager"
+	}
+	return host + "-" + rand.String(6)
 }
 
 // directClient reads from the API server, not the cache: quota decisions

@@ -61,7 +61,9 @@ type Options struct {
 	RotateCerts            bool
 	MetricsBindAddress     string
 	HealthProbeBindAddress string
-	LeaderElect            bool
+	// PprofBindAddress serves Go's profiles; empty turns them off.
+	PprofBindAddress string
+	LeaderElect      bool
 }
 
 // Scheme has the built-in types and berth's.
@@ -91,6 +93,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:  o.HealthProbeBindAddress,
+		PprofBindAddress:        o.PprofBindAddress,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "berth-manager",
 		LeaderElectionNamespace: o.Webhook.Namespace,

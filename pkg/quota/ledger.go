@@ -2,7 +2,9 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,7 +105,10 @@ func (e *ExceededError) Error() string {
 
 // Check decides whether entry fits next to the entries already admitted.
 func Check(org *berthv1alpha1.Organization, entries map[string]Entry, entry Entry) error {
-	u := UsageOf(entries)
+	return checkUsage(org, UsageOf(entries), entry)
+}
+
+func checkUsage(org *berthv1alpha1.Organization, u Usage, entry Entry) error {
 	if entry.Class == berthv1alpha1.ClassWorkspace && org.Spec.MaxWorkspaces != nil && u.Workspaces+1 > int64(*org.Spec.MaxWorkspaces) {
 		return &ExceededError{Field: "maxWorkspaces", Org: org.Name, Limit: int64(*org.Spec.MaxWorkspaces), Used: u.Workspaces, Request: 1}
 	}
@@ -141,12 +146,26 @@ type Ledger struct {
 	// OnConflict, when set, is called for every write lost to another
 	// replica.
 	OnConflict func()
+	// OnWrite, when set, is called after every ledger write of Reserve with
+	// the batch it committed and the write's duration.
+	OnWrite func(batch int, took time.Duration)
+	// Replica names this process's holds in ledgers; it must be unique per
+	// process. Holds are taken only once Start runs.
+	Replica string
+	// HoldSize is how many workspace slots a hold takes (default 32).
+	HoldSize int64
+	// HoldTTL is how long a hold lasts unless renewed (default 10 s).
+	HoldTTL time.Duration
 
 	mu      sync.Mutex
 	pending map[string][]*reservation    // by org; present while a committer runs
 	last    map[string]*corev1.ConfigMap // by org: the ledger as this process last wrote it
+	holds   map[string]*held             // by org: this process's holds
+	started bool
 }
 
+// reservation is one Pod waiting for a ledger write, or, with an empty key,
+// a request to write this process's hold (flush, renew or return it).
 type reservation struct {
 	ctx   context.Context
 	org   *berthv1alpha1.Organization
@@ -155,6 +174,8 @@ type reservation struct {
 	done  chan error
 }
 
+func (r *reservation) flush() bool { return r.key == "" }
+
 // Name is the ConfigMap name of an org's ledger.
 func Name(org string) string { return "berth-quota-" + org }
 
@@ -162,22 +183,29 @@ func Name(org string) string { return "berth-quota-" + org }
 // with an *ExceededError if it does not. A key already in the ledger with
 // the same UID is admitted again without a second charge.
 func (l *Ledger) Reserve(ctx context.Context, org *berthv1alpha1.Organization, key string, entry Entry) error {
+	if l.takeHeld(org, key, entry) {
+		return nil
+	}
 	r := &reservation{ctx: ctx, org: org, key: key, entry: entry, done: make(chan error, 1)}
-	l.mu.Lock()
-	if l.pending == nil {
-		l.pending = map[string][]*reservation{}
-	}
-	queue, running := l.pending[org.Name]
-	l.pending[org.Name] = append(queue, r)
-	l.mu.Unlock()
-	if !running {
-		go l.commitLoop(org.Name)
-	}
+	l.enqueue(r)
 	select {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
 		return fmt.Errorf("reserve quota of Organization %q: %w", org.Name, ctx.Err())
+	}
+}
+
+func (l *Ledger) enqueue(r *reservation) {
+	l.mu.Lock()
+	if l.pending == nil {
+		l.pending = map[string][]*reservation{}
+	}
+	queue, running := l.pending[r.org.Name]
+	l.pending[r.org.Name] = append(queue, r)
+	l.mu.Unlock()
+	if !running {
+		go l.commitLoop(r.org.Name)
 	}
 }
 
@@ -210,6 +238,8 @@ func (l *Ledger) commit(batch []*reservation) {
 		attempts = 50
 	}
 	results := make([]error, len(batch))
+	take := slices.ContainsFunc(batch, func(r *reservation) bool { return r.flush() || holdable(org, r.entry) })
+	begun := time.Now()
 	finish := func() {
 		for i, r := range batch {
 			r.done <- results[i]
@@ -220,31 +250,37 @@ func (l *Ledger) commit(batch []*reservation) {
 		// Decide on the ledger as last written here, if any: the write is
 		// conditioned on its version, so a stale copy costs a conflict and a
 		// read, never a wrong decision.
-		cm, entries, err := l.cached(org.Name)
+		cm, b, err := l.cached(org.Name)
 		fromCache := cm != nil
 		if !fromCache {
-			cm, entries, err = l.read(ctx, org.Name)
+			cm, b, err = l.read(ctx, org.Name)
 		}
 		if err != nil {
 			fill(results, err)
 			return
 		}
-		changed := false
+		plan := l.planHold(org, b, take)
+		changed := plan.changed
+		held := false // a denial that other replicas' holds alone cause
 		for i, r := range batch {
 			results[i] = nil
-			if prev, ok := entries[r.key]; ok && prev.UID == r.entry.UID {
+			if r.flush() {
 				continue
 			}
-			old, had := entries[r.key]
-			delete(entries, r.key) // a stale entry of an earlier Pod of that name
-			if err := Check(org, entries, r.entry); err != nil {
+			if prev, ok := b.entries[r.key]; ok && prev.UID == r.entry.UID {
+				continue
+			}
+			old, had := b.entries[r.key]
+			delete(b.entries, r.key) // a stale entry of an earlier Pod of that name
+			if err := checkUsage(org, b.usage(), r.entry); err != nil {
 				if had {
-					entries[r.key] = old
+					b.entries[r.key] = old
 				}
 				results[i] = err
+				held = held || checkUsage(org, b.withoutHoldsBut(l.Replica), r.entry) == nil
 				continue
 			}
-			entries[r.key] = r.entry
+			b.entries[r.key] = r.entry
 			changed = true
 		}
 		if fromCache && slices.ContainsFunc(results, func(err error) bool { return err != nil }) {
@@ -253,24 +289,46 @@ func (l *Ledger) commit(batch []*reservation) {
 			l.forget(org.Name)
 			continue
 		}
+		if held && time.Since(begun) < holdWait {
+			// Other replicas return holds that stand in the way of the
+			// org's last workspaces within a tick: wait for them.
+			l.forget(org.Name)
+			time.Sleep(holdWait / 10)
+			continue
+		}
+		changed = l.topUp(org, b, &plan) || changed
 		if !changed {
 			return
 		}
-		err = l.write(ctx, org.Name, cm, entries)
-		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+		start := time.Now()
+		err = l.write(ctx, org.Name, cm, b)
+		if l.OnWrite != nil {
+			l.OnWrite(len(batch), time.Since(start))
+		}
+		if isConflict(err) {
 			l.forget(org.Name)
 			if l.OnConflict != nil {
 				l.OnConflict()
 			}
 			continue // another writer came first: decide again on its write
 		}
+		l.settleHold(org, plan, err)
 		if err != nil {
 			l.forget(org.Name)
 			fill(results, fmt.Errorf("write quota ledger of Organization %q: %w", org.Name, err))
 		}
 		return
 	}
+	l.settleHold(org, holdPlan{}, errRetry)
 	fill(results, fmt.Errorf("quota ledger of Organization %q is too contended: %d attempts lost; retry the request", org.Name, attempts))
+}
+
+// errRetry stands for a write not made: the hold's outcome is unsettled.
+var errRetry = errors.New("not written")
+
+// isConflict reports a write lost to another writer.
+func isConflict(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
 }
 
 func fill(results []error, err error) {
@@ -285,22 +343,22 @@ func fill(results []error, err error) {
 // admitted before the org had a limit, so that the limit counts them.
 func (l *Ledger) Record(ctx context.Context, org string, add map[string]Entry) error {
 	for {
-		cm, entries, err := l.read(ctx, org)
+		cm, b, err := l.read(ctx, org)
 		if err != nil {
 			return err
 		}
 		changed := false
 		for k, e := range add {
-			if _, ok := entries[k]; !ok {
-				entries[k] = e
+			if _, ok := b.entries[k]; !ok {
+				b.entries[k] = e
 				changed = true
 			}
 		}
 		if !changed {
 			return nil
 		}
-		err = l.write(ctx, org, cm, entries)
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+		err = l.write(ctx, org, cm, b)
+		if !isConflict(err) {
 			return err
 		}
 		l.forget(org)
@@ -312,21 +370,21 @@ func (l *Ledger) Record(ctx context.Context, org string, add map[string]Entry) e
 // name keeps its charge.
 func (l *Ledger) Release(ctx context.Context, org string, keys map[string]types.UID) error {
 	for {
-		cm, entries, err := l.read(ctx, org)
+		cm, b, err := l.read(ctx, org)
 		if err != nil || cm == nil {
 			return err
 		}
 		changed := false
 		for k, uid := range keys {
-			if e, ok := entries[k]; ok && (uid == "" || e.UID == uid) {
-				delete(entries, k)
+			if e, ok := b.entries[k]; ok && (uid == "" || e.UID == uid) {
+				delete(b.entries, k)
 				changed = true
 			}
 		}
 		if !changed {
 			return nil
 		}
-		err = l.write(ctx, org, cm, entries)
+		err = l.write(ctx, org, cm, b)
 		if !apierrors.IsConflict(err) {
 			return err
 		}
@@ -334,44 +392,116 @@ func (l *Ledger) Release(ctx context.Context, org string, keys map[string]types.
 	}
 }
 
-// Entries returns org's ledger.
+// Entries returns org's ledger entries.
 func (l *Ledger) Entries(ctx context.Context, org string) (map[string]Entry, error) {
-	_, entries, err := l.read(ctx, org)
-	return entries, err
+	_, b, err := l.read(ctx, org)
+	return b.entries, err
 }
 
-func (l *Ledger) read(ctx context.Context, org string) (*corev1.ConfigMap, map[string]Entry, error) {
+// Fits reports, without a write, whether entry would be admitted now: nil,
+// an *ExceededError, or the error reading the ledger. It serves dry runs.
+func (l *Ledger) Fits(ctx context.Context, org *berthv1alpha1.Organization, key string, entry Entry) error {
+	_, b, err := l.read(ctx, org.Name)
+	if err != nil {
+		return err
+	}
+	if prev, ok := b.entries[key]; ok && prev.UID == entry.UID {
+		return nil
+	}
+	delete(b.entries, key)
+	return checkUsage(org, b.usage(), entry)
+}
+
+func (l *Ledger) read(ctx context.Context, org string) (*corev1.ConfigMap, book, error) {
 	cm := &corev1.ConfigMap{}
 	err := l.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: Name(org)}, cm)
 	if apierrors.IsNotFound(err) {
-		return nil, map[string]Entry{}, nil
+		return nil, book{entries: map[string]Entry{}, holds: map[string]Hold{}}, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read quota ledger of Organization %q: %w", org, err)
+		return nil, book{}, fmt.Errorf("read quota ledger of Organization %q: %w", org, err)
 	}
 	return cm, decodeAll(cm), nil
 }
 
-func decodeAll(cm *corev1.ConfigMap) map[string]Entry {
-	entries := make(map[string]Entry, len(cm.Data))
-	for k, v := range cm.Data {
+// The ConfigMap keys of a ledger. Entries are a line per Pod, "key uid class
+// gpus admitted-unix-nanos"; holds a line per replica, "replica workspaces
+// expires-unix-nanos"; both sorted. A key per list, not per Pod, keeps the
+// API server's field tracking and key validation of every write constant.
+const (
+	DataKey  = "entries"
+	HoldsKey = "holds"
+)
+
+// book is a ledger decoded.
+type book struct {
+	entries map[string]Entry
+	holds   map[string]Hold
+}
+
+// usage adds up entries and holds.
+func (b book) usage() Usage {
+	u := UsageOf(b.entries)
+	for _, h := range b.holds {
+		u.Workspaces += h.Workspaces
+	}
+	return u
+}
+
+// withoutHoldsBut adds up entries and replica's hold only.
+func (b book) withoutHoldsBut(replica string) Usage {
+	u := UsageOf(b.entries)
+	u.Workspaces += b.holds[replica].Workspaces
+	return u
+}
+
+func decodeAll(cm *corev1.ConfigMap) book {
+	lines := strings.Split(cm.Data[DataKey], "\n")
+	b := book{entries: make(map[string]Entry, len(lines)), holds: map[string]Hold{}}
+	for _, line := range lines {
+		k, v, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
 		e, err := decode(v)
 		if err != nil {
 			continue // unreadable entries are dropped at the next write
 		}
 		e.Namespace, e.Name = SplitKey(k)
-		entries[k] = e
+		b.entries[k] = e
 	}
-	return entries
+	for _, line := range strings.Split(cm.Data[HoldsKey], "\n") {
+		if replica, h, ok := decodeHold(line); ok {
+			b.holds[replica] = h
+		}
+	}
+	return b
+}
+
+func encodeAll(b book) map[string]string {
+	var sb strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(b.entries)) {
+		sb.WriteString(k)
+		sb.WriteByte(' ')
+		sb.WriteString(encode(b.entries[k]))
+		sb.WriteByte('\n')
+	}
+	data := map[string]string{DataKey: sb.String()}
+	if len(b.holds) > 0 {
+		var hb strings.Builder
+		for _, r := range slices.Sorted(maps.Keys(b.holds)) {
+			hb.WriteString(encodeHold(r, b.holds[r]))
+			hb.WriteByte('\n')
+		}
+		data[HoldsKey] = hb.String()
+	}
+	return data
 }
 
 // write stores entries, conditioned on cm's resourceVersion (or on cm not
 // existing yet).
-func (l *Ledger) write(ctx context.Context, org string, cm *corev1.ConfigMap, entries map[string]Entry) error {
-	data := make(map[string]string, len(entries))
-	for k, e := range entries {
-		data[k] = encode(e)
-	}
+func (l *Ledger) write(ctx context.Context, org string, cm *corev1.ConfigMap, b book) error {
+	data := encodeAll(b)
 	var err error
 	if cm == nil {
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
@@ -395,12 +525,12 @@ func (l *Ledger) write(ctx context.Context, org string, cm *corev1.ConfigMap, en
 }
 
 // cached returns the ledger as this process last wrote it, or nil.
-func (l *Ledger) cached(org string) (*corev1.ConfigMap, map[string]Entry, error) {
+func (l *Ledger) cached(org string) (*corev1.ConfigMap, book, error) {
 	l.mu.Lock()
 	cm := l.last[org]
 	l.mu.Unlock()
 	if cm == nil {
-		return nil, nil, nil
+		return nil, book{}, nil
 	}
 	return cm, decodeAll(cm), nil
 }

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -20,15 +23,17 @@ import (
 const (
 	createsPerSecond = 200
 	podsPerRound     = 200
-	rounds           = 3
+	rounds           = 5
 )
 
 // BenchmarkAdmissionLatency measures Pod create latency through the API
 // server at 200 creates/s in three ways, alternating rounds on the same
 // cluster: plain Pods the webhooks' selector skips (stock), labelled
-// workspace Pods of an org without limits (berth: both webhooks, no ledger
-// write), and of an org with maxWorkspaces (berth+quota: one batched ledger
-// write). It reports p50 and p99 of each and the p99 berth adds.
+// workspace Pods of an org without limits (berth: the mutating webhook
+// only), and of an org with maxWorkspaces (berth+quota: both webhooks, the
+// Pods admitted under the replica's quota hold). It reports p50 and p99 of
+// each and the p99 berth adds. The cluster runs no scheduler and no
+// controllers but the service account ones (framework.WithAdmissionOnly).
 func BenchmarkAdmissionLatency(b *testing.B) {
 	env := framework.Cluster(b)
 	mgr := framework.StartManager(b, env, framework.ManagerOptions{Args: []string{"--controllers=orgstatus"}})
@@ -56,30 +61,58 @@ func BenchmarkAdmissionLatency(b *testing.B) {
 		}
 	}
 	paths := []struct {
-		name string
-		pod  func(string) *corev1.Pod
-		lat  []time.Duration
+		name   string
+		pod    func(string) *corev1.Pod
+		rounds [][]time.Duration
 	}{{name: "stock", pod: plain}, {name: "berth", pod: labelled(nsFree)}, {name: "berth+quota", pod: labelled(nsCapped)}}
 	// Warm every path: connections, caches, the ledger.
 	for _, p := range paths {
 		paced(b, c, "warm-"+strings.ReplaceAll(p.name, "+", "-"), 50, p.pod)
 	}
+	// The API server's own view of the webhook calls, per path.
+	calls := make([]map[string]float64, len(paths))
+	for i := range calls {
+		calls[i] = map[string]float64{}
+	}
 	for r := range b.N * rounds {
 		for i := range paths {
-			paths[i].lat = append(paths[i].lat, paced(b, c, fmt.Sprintf("%s-%d", strings.ReplaceAll(paths[i].name, "+", "-"), r), podsPerRound, paths[i].pod)...)
+			before := webhookSeconds(b, env)
+			lat := paced(b, c, fmt.Sprintf("%s-%d", strings.ReplaceAll(paths[i].name, "+", "-"), r), podsPerRound, paths[i].pod)
+			paths[i].rounds = append(paths[i].rounds, lat)
+			for k, v := range webhookSeconds(b, env) {
+				calls[i][k] += v - before[k]
+			}
 		}
 	}
-	stockP99 := percentile(paths[0].lat, 99)
+	// The p99 berth adds is the median over rounds of its p99 less stock's
+	// in the same round: one slow second on a shared machine moves a pooled
+	// p99 of a few hundred creates, not the median of rounds.
+	stock := paths[0]
 	for _, p := range paths {
-		p50, p99 := percentile(p.lat, 50), percentile(p.lat, 99)
+		all := slices.Concat(p.rounds...)
+		p50, p99 := percentile(all, 50), percentile(all, 99)
 		b.ReportMetric(ms(p50), "p50-ms-"+p.name)
 		b.ReportMetric(ms(p99), "p99-ms-"+p.name)
-		line := fmt.Sprintf("%-12s %d creates at %d/s: p50 %6.1f ms  p99 %6.1f ms", p.name, len(p.lat), createsPerSecond, ms(p50), ms(p99))
-		if p.name != "stock" {
-			b.ReportMetric(ms(p99-stockP99), "p99-ms-added-"+p.name)
-			line += fmt.Sprintf("  added p99 %6.1f ms (target < 20 ms)", ms(p99-stockP99))
+		var perRound, added []time.Duration
+		for r := range p.rounds {
+			perRound = append(perRound, percentile(p.rounds[r], 99))
+			added = append(added, percentile(p.rounds[r], 99)-percentile(stock.rounds[r], 99))
+		}
+		line := fmt.Sprintf("%-12s %d creates at %d/s: p50 %6.1f ms  p99 %6.1f ms  p99 per round %v",
+			p.name, len(all), createsPerSecond, ms(p50), ms(p99), roundMs(perRound))
+		if p.name != stock.name {
+			med := percentile(added, 50)
+			b.ReportMetric(ms(med), "p99-ms-added-"+p.name)
+			line += fmt.Sprintf("  added p99, median of rounds %6.1f ms (target < 20 ms)", ms(med))
 		}
 		b.Log(line)
+	}
+	for i, p := range paths {
+		for _, hook := range []string{"pods.mutate.berth.dev", "pods.validate.berth.dev"} {
+			if n := calls[i][hook+" count"]; n > 0 {
+				b.Logf("API server's calls of %s on path %s: mean %.2f ms over %.0f", hook, p.name, 1000*calls[i][hook+" sum"]/n, n)
+			}
+		}
 	}
 	for _, phase := range []string{"mutate", "validate"} {
 		sum, _ := mgr.MetricValue("berth_webhook_duration_seconds_sum", `kind="Pod"`, `phase="`+phase+`"`)
@@ -88,8 +121,50 @@ func BenchmarkAdmissionLatency(b *testing.B) {
 			b.Logf("inside berth-manager, Pod %s: mean %.2f ms over %.0f calls", phase, 1000*sum/n, n)
 		}
 	}
+	for _, m := range []string{"berth_webhook_quota_write_seconds", "berth_webhook_quota_batch_size"} {
+		sum, _ := mgr.MetricValue(m + "_sum")
+		n, _ := mgr.MetricValue(m + "_count")
+		if n > 0 {
+			b.Logf("%s: mean %.4f over %.0f writes", m, sum/n, n)
+		}
+	}
 	retries, _ := mgr.MetricValue("berth_webhook_quota_retries_total")
 	b.Logf("quota ledger writes lost to a concurrent write and retried: %.0f", retries)
+}
+
+// webhookSeconds reads the API server's admission webhook duration sums and
+// counts, keyed "NAME sum" and "NAME count".
+func webhookSeconds(b *testing.B, env *framework.ClusterEnv) map[string]float64 {
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(b.Context())
+	if err != nil {
+		b.Fatalf("read the API server's metrics: %v", err)
+	}
+	out := map[string]float64{}
+	const metric = "apiserver_admission_webhook_admission_duration_seconds_"
+	for _, line := range strings.Split(string(raw), "\n") {
+		rest, ok := strings.CutPrefix(line, metric)
+		if !ok {
+			continue
+		}
+		kind, _, _ := strings.Cut(rest, "{")
+		if kind != "sum" && kind != "count" {
+			continue
+		}
+		_, after, ok := strings.Cut(rest, `name="`)
+		if !ok {
+			continue
+		}
+		name, _, _ := strings.Cut(after, `"`)
+		var v float64
+		if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v); err == nil {
+			out[name+" "+kind] += v
+		}
+	}
+	return out
 }
 
 // paced creates n Pods at createsPerSecond, open loop, returns each create's
@@ -134,6 +209,14 @@ func percentile(d []time.Duration, p int) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[min(len(s)-1, (len(s)*p+99)/100-1)]
+}
+
+func roundMs(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = math.Round(ms(d)*10) / 10
+	}
+	return out
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -8,4 +8,4 @@ import (
 	"berth.dev/berth/test/framework"
 )
 
-func TestMain(m *testing.M) { framework.Main(m) }
+func TestMain(m *testing.M) { framework.Main(m, framework.WithAdmissionOnly()) }

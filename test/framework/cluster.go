@@ -64,6 +64,10 @@ func startCluster() (*ClusterEnv, error) {
 		WorkDir: filepath.Join(state.dir, "kwok"),
 		Tools:   state.tools,
 	}
+	if state.opts.admissionOnly {
+		opts.DisableScheduler = true
+		opts.ExtraArgs = append(opts.ExtraArgs, "kube-controller-manager=controllers=serviceaccount-controller,serviceaccount-token-controller")
+	}
 	c, err := localcluster.Create(ctx, opts)
 	if err != nil {
 		return nil, err

@@ -36,7 +36,17 @@ import (
 type Option func(*options)
 
 type options struct {
-	pools map[string]int
+	pools         map[string]int
+	admissionOnly bool
+}
+
+// WithAdmissionOnly starts the package's cluster with no kube-scheduler and
+// a kube-controller-manager that runs only the service account controllers
+// (a namespace needs its default ServiceAccount before it admits Pods). A
+// benchmark of the admission path then measures that path, not the
+// controllers' reaction to its Pods on the same cores.
+func WithAdmissionOnly() Option {
+	return func(o *options) { o.admissionOnly = true }
 }
 
 // WithPoolSizes sets how many fake nodes each pool of

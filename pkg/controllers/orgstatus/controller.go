@@ -35,6 +35,11 @@ import (
 // Name is the controller's name.
 const Name = "orgstatus"
 
+// Coalesce is how long the controller gathers Pod and Job events before it
+// reconciles their org: a burst of creates costs one ledger read and one
+// status write, not one per Pod.
+const Coalesce = time.Second
+
 // Grace is how long an admitted Pod may take to appear before its ledger
 // entry is taken for a failed creation.
 const Grace = 30 * time.Second
@@ -63,23 +68,39 @@ func (c *Controller) Register(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).Named(Name).
 		For(&berthv1alpha1.Organization{}).
 		Watches(&corev1.Pod{}, c.podHandler(), builder.WithPredicates(controllers.Labelled)).
-		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest), builder.WithPredicates(controllers.Labelled)).
+		Watches(&batchv1.Job{}, coalesced(nil), builder.WithPredicates(controllers.Labelled)).
 		Complete(c)
 }
 
 // podHandler enqueues a Pod's org, and remembers Pods that are deleted.
 func (c *Controller) podHandler() handler.EventHandler {
-	enqueue := handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest)
+	return coalesced(func(e event.DeleteEvent) { c.gone.Store(e.Object.GetUID(), c.clock.Now()) })
+}
+
+// coalesced enqueues the object's org Coalesce from now; events for the same
+// org meanwhile join that one request. onDelete, if set, sees deletions.
+func coalesced(onDelete func(event.DeleteEvent)) handler.EventHandler {
+	add := func(obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		for _, r := range controllers.OrgRequest(context.Background(), obj) {
+			q.AddAfter(r, Coalesce)
+		}
+	}
 	return handler.Funcs{
-		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue.Create(ctx, e, q)
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(e.Object, q)
 		},
-		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue.Update(ctx, e, q)
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(e.ObjectOld, q)
+			add(e.ObjectNew, q)
 		},
-		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			c.gone.Store(e.Object.GetUID(), c.clock.Now())
-			enqueue.Delete(ctx, e, q)
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if onDelete != nil {
+				onDelete(e)
+			}
+			add(e.Object, q)
+		},
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(e.Object, q)
 		},
 	}
 }
@@ -126,10 +147,19 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if len(missing) > 0 {
 		wait = max(wait, Grace) // look again once the new entries can be judged
-		// Pods admitted before the org had a limit: the limit counts them.
+		// Pods admitted before the org had a limit, or under a replica's
+		// hold that was never written back: the limit counts them.
 		if err := c.ledger.Record(ctx, org.Name, missing); err != nil {
 			return ctrl.Result{}, fmt.Errorf("record live Pods in the ledger of org %s: %w", org.Name, err)
 		}
+	}
+	// Only now that their Pods are entries may lost holds go.
+	holds, err := c.ledger.DropExpired(ctx, org.Name, c.clock.Now().Add(-Grace))
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("drop expired holds from the ledger of org %s: %w", org.Name, err)
+	}
+	if holds && (wait == 0 || wait > Grace) {
+		wait = Grace // a replica that stops without returning its hold
 	}
 	status := org.Status.DeepCopy()
 	status.ObservedGeneration = org.Generation
@@ -169,6 +199,9 @@ func Live(org *berthv1alpha1.Organization, pods []corev1.Pod, entries map[string
 		key := quota.Key(p.Namespace, p.Name)
 		if class == berthv1alpha1.ClassBuild || !quota.Limited(org, class, gpus) || p.DeletionTimestamp != nil {
 			continue
+		}
+		if now.Sub(p.CreationTimestamp.Time) < quota.DefaultHoldTTL {
+			continue // may be under a replica's hold, written back within its TTL
 		}
 		if e, ok := entries[key]; !ok || e.UID != p.UID {
 			missing[key] = quota.Entry{UID: p.UID, Class: class, GPUs: gpus, Admitted: now}

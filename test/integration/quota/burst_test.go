@@ -4,16 +4,20 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 )
@@ -53,6 +57,46 @@ func TestQuotaHoldsUnderConcurrentCreatesOnThreeReplicas(t *testing.T) {
 		assert.Equal(t, limit, countIn(pods.Items, ns), "workspace Pods stored")
 	})
 
+	// Far from its limit an org's workspaces are admitted under each
+	// replica's hold, without a ledger write each; near it the holds are
+	// returned and every admission writes again. Neither admits one too many.
+	t.Run("maxWorkspaces under holds", func(t *testing.T) {
+		const limit = 120
+		org := testutil.Org("burst-held").MaxWorkspaces(limit).Obj()
+		env.Create(t, org)
+		ns := env.Namespace(t, org.Name)
+		create := func(i int) error {
+			return env.Client.Create(t.Context(), testutil.Pod(fmt.Sprintf("ws-%03d", i)).Namespace(ns).
+				Class(berthv1alpha1.ClassWorkspace).Obj())
+		}
+		writes := func() float64 {
+			var n float64
+			for _, m := range managers {
+				v, err := m.MetricValue("berth_webhook_quota_write_seconds_count")
+				require.NoError(t, err)
+				n += v
+			}
+			return n
+		}
+		before := writes()
+		assert.Equal(t, 60, burstN(t, 60, create), "admitted far from the limit")
+		far := writes() - before
+		t.Logf("ledger writes for 60 admissions far from the limit: %.0f", far)
+		assert.Less(t, far, 30.0, "ledger writes for 60 admissions under holds")
+		assert.Equal(t, 60, burstN(t, 100, func(i int) error { return create(60 + i) }), "admitted up to the limit")
+		var pods corev1.PodList
+		require.NoError(t, env.Client.List(t.Context(), &pods))
+		assert.Equal(t, limit, countIn(pods.Items, ns), "workspace Pods stored")
+
+		// Within a few ticks every admitted Pod is a ledger entry and no
+		// replica holds slots any more.
+		require.Eventually(t, func() bool {
+			cm := &corev1.ConfigMap{}
+			require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm))
+			return strings.Count(cm.Data[quota.DataKey], "\n") == limit && cm.Data[quota.HoldsKey] == ""
+		}, 30*time.Second, 200*time.Millisecond, "ledger holds %d entries and no holds", limit)
+	})
+
 	t.Run("maxGPUs", func(t *testing.T) {
 		const limit = 8
 		org := testutil.Org("burst-gpu").MaxGPUs(limit).Obj()
@@ -75,11 +119,14 @@ func TestQuotaHoldsUnderConcurrentCreatesOnThreeReplicas(t *testing.T) {
 
 // burst runs create for 0..creates-1 at once and counts successes; every
 // failure must be a quota denial.
-func burst(t *testing.T, create func(int) error) int {
+func burst(t *testing.T, create func(int) error) int { return burstN(t, creates, create) }
+
+// burstN is burst with n creates.
+func burstN(t *testing.T, n int, create func(int) error) int {
 	var ok atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	for i := range creates {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -17,6 +17,12 @@ const (
 	LabelProject = "berth.dev/project"
 	// AnnotationLastActivity is the RFC 3339 heartbeat of a workspace.
 	AnnotationLastActivity = "berth.dev/last-activity"
+	// AnnotationQuota is set by the webhook to QuotaCharged on a Pod that
+	// counts against a limit of its org: only such Pods are sent to the
+	// validating webhook, which writes the quota ledger.
+	AnnotationQuota = "berth.dev/quota"
+	// QuotaCharged is AnnotationQuota's value.
+	QuotaCharged = "charged"
 )
 
 // Class is the kind of developer workload a Pod or Job is.
