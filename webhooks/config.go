@@ -87,12 +87,18 @@ func (r *Resolver) Target(ctx context.Context, ns, classValue string, path *fiel
 	}
 	t := &Target{Class: class, Org: org, Config: r.Config}
 	if r.Config.PriorityClassPrefix != "" {
-		pc := &schedulingv1.PriorityClass{}
-		err := r.Reader.Get(ctx, client.ObjectKey{Name: r.Config.PriorityClassPrefix + string(class)}, pc)
-		if err == nil {
-			t.PriorityClass = pc
-		} else if !apierrors.IsNotFound(err) {
+		var pcs schedulingv1.PriorityClassList
+		if err := r.Reader.List(ctx, &pcs); err != nil {
 			return nil, field.InternalError(path.Child("spec", "priorityClassName"), err)
+		}
+		for i := range pcs.Items {
+			pc := &pcs.Items[i]
+			if pc.Name == r.Config.PriorityClassPrefix+string(class) {
+				t.PriorityClass = pc
+			}
+			if pc.GlobalDefault {
+				t.GlobalDefaultPriorityClass = pc.Name
+			}
 		}
 	}
 	return t, nil

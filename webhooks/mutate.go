@@ -44,6 +44,10 @@ type Target struct {
 	// PriorityClass is the class's PriorityClass, nil when the cluster has
 	// none.
 	PriorityClass *schedulingv1.PriorityClass
+	// GlobalDefaultPriorityClass names the cluster's globalDefault
+	// PriorityClass, if any. The API server writes it into Pods that name
+	// none before berth sees them, so berth takes it for unset.
+	GlobalDefaultPriorityClass string
 	Config        Config
 	// Project is the berth.dev/project label, for the rules that validate
 	// without the object's metadata.
@@ -73,7 +77,7 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	harden(spec)
 	place(spec, t)
 	markCharged(meta, spec, t)
-	if pc := t.PriorityClass; pc != nil && spec.PriorityClassName == "" {
+	if pc := t.PriorityClass; pc != nil && (spec.PriorityClassName == "" || spec.PriorityClassName == t.GlobalDefaultPriorityClass) {
 		spec.PriorityClassName = pc.Name
 		spec.Priority = ptr.To(pc.Value)
 		if pc.PreemptionPolicy != nil {

@@ -718,11 +718,25 @@ func TestMutatePodPriorityClass(t *testing.T) {
 			}(),
 			wantName: "team-high",
 		},
+		{
+			name: "the cluster's global default is replaced",
+			pc:   &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: "berth-build"}, Value: 1000, PreemptionPolicy: &never},
+			pod: func() *corev1.Pod {
+				p := testutil.Pod("b").Obj()
+				p.Spec.PriorityClassName = "cluster-default"
+				p.Spec.Priority = ptr.To[int32](10)
+				return p
+			}(),
+			wantName:   "berth-build",
+			wantValue:  ptr.To[int32](1000),
+			wantPolicy: ptr.To(corev1.PreemptNever),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tgt := target(t, build, testOrg().Obj())
 			tgt.PriorityClass = tt.pc
+			tgt.GlobalDefaultPriorityClass = "cluster-default"
 			got := mutate(t, tt.pod, tgt)
 			assert.Equal(t, tt.wantName, got.Spec.PriorityClassName)
 			assert.Equal(t, tt.wantValue, got.Spec.Priority)
