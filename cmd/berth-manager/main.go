@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -36,6 +37,9 @@ func main() {
 	flag.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "where the serving certificate is read")
 	flag.BoolVar(&o.WebhookHTTP2, "webhook-http2", false, "serve webhooks over HTTP/2 too: fewer TLS handshakes, but the API server's single connection reaches one replica only")
 	flag.BoolVar(&o.RotateCerts, "rotate-certs", true, "generate and rotate the webhook certificate; turn off when cert-manager provides it")
+	flag.DurationVar(&o.CertValidity, "cert-validity", 365*24*time.Hour, "how long a generated serving certificate is valid")
+	flag.DurationVar(&o.CertRenewBefore, "cert-renew-before", 90*24*time.Hour, "replace the serving certificate (and the CA) this long before it expires")
+	flag.DurationVar(&o.CertCheckInterval, "cert-check-interval", 12*time.Hour, "how often the certificate's expiry is checked")
 	flag.StringVar(&o.MetricsBindAddress, "metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	flag.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
 	flag.StringVar(&o.PprofBindAddress, "pprof-bind-address", "", "host:port serving Go's /debug/pprof profiles; empty turns them off")

@@ -41,6 +41,11 @@ type Options struct {
 	// Sync writes the Secret into CertDir, for processes the kubelet does not
 	// mount it for.
 	Sync bool
+	// ServerCertValidity is how long a serving certificate is valid (default
+	// one year); RenewBefore is how long before its expiry it is replaced
+	// (default 90 days); CheckInterval is how often that is checked (default
+	// 12 hours). The CA is valid ten years and renewed on the same rule.
+	ServerCertValidity, RenewBefore, CheckInterval time.Duration
 }
 
 // Setup adds the rotator (and the file sync) to the manager. ready is closed
@@ -70,7 +75,10 @@ func Setup(ctx context.Context, mgr manager.Manager, c client.Client, opts Optio
 		IsReady:        ready,
 		Webhooks:       hooks,
 		// Every replica rotates the shared Secret; writes are optimistic.
-		RequireLeaderElection: false,
+		RequireLeaderElection:  false,
+		ServerCertDuration:     opts.ServerCertValidity,
+		LookaheadInterval:      opts.RenewBefore,
+		RotationCheckFrequency: opts.CheckInterval,
 	})
 }
 

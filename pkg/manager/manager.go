@@ -58,9 +58,12 @@ type Options struct {
 	WebhookHTTP2 bool
 	// RotateCerts runs the built-in certificate rotator; off when
 	// cert-manager provides the certificate.
-	RotateCerts            bool
-	MetricsBindAddress     string
-	HealthProbeBindAddress string
+	RotateCerts bool
+	// CertValidity, CertRenewBefore and CertCheckInterval tune the rotator;
+	// zero keeps its defaults.
+	CertValidity, CertRenewBefore, CertCheckInterval time.Duration
+	MetricsBindAddress                               string
+	HealthProbeBindAddress                           string
 	// PprofBindAddress serves Go's profiles; empty turns them off.
 	PprofBindAddress string
 	LeaderElect      bool
@@ -84,6 +87,10 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	scheme, err := Scheme()
 	if err != nil {
 		return err
+	}
+	if o.CertValidity > 0 && o.CertRenewBefore >= o.CertValidity {
+		return fmt.Errorf("--cert-renew-before %s is not shorter than --cert-validity %s, so every check would replace the certificate; use for example --cert-validity=8760h --cert-renew-before=2160h",
+			o.CertRenewBefore, o.CertValidity)
 	}
 	host, port, err := splitHostPort(o.WebhookBindAddress)
 	if err != nil {
@@ -183,6 +190,9 @@ func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, o 
 		MutatingWebhooks:   []string{webhooks.ConfigurationName},
 		ValidatingWebhooks: []string{webhooks.ConfigurationName},
 		Sync:               o.WebhookURL != "",
+		ServerCertValidity: o.CertValidity,
+		RenewBefore:        o.CertRenewBefore,
+		CheckInterval:      o.CertCheckInterval,
 	}, ready)
 	if err != nil {
 		return err
