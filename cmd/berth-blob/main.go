@@ -158,6 +158,8 @@ func run(ctx context.Context, args []string) (int, error) {
 	fs.StringVar(&o.ArtifactsDir, "artifacts", os.Getenv("BERTH_ARTIFACTS"), "directory uploaded to artifacts/{project}/{version}/ on success, with --version [$BERTH_ARTIFACTS]")
 	fs.StringVar(&o.Version, "version", os.Getenv("BERTH_VERSION"), "artifacts version [$BERTH_VERSION]")
 	fs.StringVar(&o.LogFile, "log-file", envOr("BERTH_LOG_FILE", "/workspace/.berth/build.log"), "file the command's output is kept in [$BERTH_LOG_FILE]")
+	fs.Int64Var(&o.SpoolLimit, "spool-limit", blob.DefaultSpoolLimit, "outputs of up to this many bytes are zipped to a file first and sent in one Put Blob; larger ones are zipped as they upload, in blocks; -1 never spools")
+	fs.StringVar(&o.SpoolDir, "spool-dir", "", "where the archive is spooled (default the log file's directory)")
 	_ = fs.Parse(args)
 	ctx, store, err := c.setup(ctx)
 	if err != nil {

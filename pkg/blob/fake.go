@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc64"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -25,8 +26,9 @@ type Fake struct {
 	BreakAfter int64
 	// UploadHook, when set, runs before each Upload.
 	UploadHook func(container, name string) error
-	// Downloads and Uploads count the calls.
-	Downloads, Uploads int
+	// Downloads and Uploads count the calls; FileUploads counts the
+	// UploadFile calls among the Uploads.
+	Downloads, Uploads, FileUploads int
 }
 
 type fakeBlob struct {
@@ -126,6 +128,28 @@ func (f *Fake) Upload(ctx context.Context, container, name string, body io.Reade
 	f.blobs[container+"/"+name].ctype = o.ContentType
 	f.mu.Unlock()
 	return nil
+}
+
+// UploadFile implements Sink. It fails when o.CRC64, or o.MD5 when set, is
+// not the file's.
+func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.File, o UploadOptions) error {
+	f.mu.Lock()
+	f.FileUploads++
+	f.mu.Unlock()
+	data, err := io.ReadAll(file)
+	if err != nil {
+		return fmt.Errorf("upload %s/%s: %w", container, name, err)
+	}
+	if sum := md5.Sum(data); o.MD5 != nil && !bytes.Equal(sum[:], o.MD5) {
+		return fmt.Errorf("upload %s/%s: MD5 %x given, %x computed", container, name, o.MD5, sum)
+	}
+	if sum := crc64Of(data); !bytes.Equal(sum, o.CRC64) {
+		return fmt.Errorf("upload %s/%s: CRC-64 %x given, %x computed", container, name, o.CRC64, sum)
+	}
+	if o.Progress != nil {
+		o.Progress(int64(len(data)))
+	}
+	return f.Upload(ctx, container, name, bytes.NewReader(data), UploadOptions{ContentType: o.ContentType})
 }
 
 // ReadURL implements Signer with a fake URL.

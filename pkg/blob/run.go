@@ -21,7 +21,15 @@ type Sink interface {
 	// Upload writes body to container/name, replacing the blob only once
 	// the whole body is stored.
 	Upload(ctx context.Context, container, name string, body io.Reader, o UploadOptions) error
+	// UploadFile writes the file f to container/name as the SDK's UploadFile
+	// does: one Put Blob up to 256 MiB, blocks read from the file above.
+	// o.CRC64, and o.MD5 when set, must be the file's.
+	UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error
 }
+
+// DefaultSpoolLimit is the largest outputs dir whose archive is written to a
+// file before it is uploaded: the size of one Put Blob.
+const DefaultSpoolLimit = 256 << 20
 
 // ExitUploadFailed is run's exit code when the command succeeded but a
 // delivery failed after its retries, so that the Job tries again.
@@ -47,6 +55,13 @@ type RunOptions struct {
 	// GracePeriod is how long deliveries may still take once ctx is
 	// cancelled (the Pod is being stopped); default 25 s.
 	GracePeriod time.Duration
+	// SpoolLimit: an outputs dir of up to this many bytes is zipped into a
+	// file in SpoolDir (default the log file's dir) and uploaded from it,
+	// once, in one Put Blob where it fits, and retried without zipping
+	// again. A larger one is zipped as it is uploaded, in blocks, and costs
+	// no disk. Default DefaultSpoolLimit; negative never spools.
+	SpoolLimit int64
+	SpoolDir   string
 }
 
 // Run runs argv, keeping its output in the container log and in LogFile,
@@ -185,9 +200,15 @@ func uploadFile(ctx context.Context, sink Sink, container, name, file, contentTy
 	})
 }
 
-// uploadZip streams a zip of dir into a blob, with no temp file: the
-// archive is made again on each attempt.
+// uploadZip uploads a zip of dir: from a spooled file when dir is small
+// enough, else streamed with no temp file, the archive made again on each
+// attempt.
 func uploadZip(ctx context.Context, sink Sink, container, name, dir string, o RunOptions) error {
+	if f, sums, ok := spool(ctx, dir, o); ok {
+		defer os.Remove(f.Name())
+		defer f.Close()
+		return uploadSpooled(ctx, sink, container, name, f, sums, o)
+	}
 	return o.Backoff.Do(ctx, "upload "+container+"/"+name, func(ctx context.Context) error {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()

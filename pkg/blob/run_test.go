@@ -126,3 +126,38 @@ func TestZipDirStoresIncompressibleFiles(t *testing.T) {
 	}
 	assert.Equal(t, map[string]uint16{"random.bin": zip.Store, "text.txt": zip.Deflate}, methods)
 }
+
+// TestRunResultWithAndWithoutSpooling: the result archive is the same
+// whether it is spooled to a file (small outputs), streamed (outputs above
+// the spool limit) or streamed because the spool dir cannot be written; a
+// spooled archive leaves no file behind.
+func TestRunResultWithAndWithoutSpooling(t *testing.T) {
+	tests := []struct {
+		name        string
+		adjust      func(o *RunOptions)
+		fileUploads int
+	}{
+		{name: "spooled", adjust: func(*RunOptions) {}, fileUploads: 1},
+		{name: "above the spool limit", adjust: func(o *RunOptions) { o.SpoolLimit = 4 }},
+		{name: "spooling off", adjust: func(o *RunOptions) { o.SpoolLimit = -1 }},
+		{name: "spool dir missing", adjust: func(o *RunOptions) { o.SpoolDir = filepath.Join(t.TempDir(), "gone") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFake()
+			o := runOpts(t)
+			tt.adjust(&o)
+			t.Setenv("OUT", o.OutputsDir)
+			code, err := Run(t.Context(), f, o, []string{"sh", "-c", `mkdir -p "$OUT" && printf 'hello world' > "$OUT/a.txt"`})
+			require.NoError(t, err)
+			assert.Equal(t, 0, code)
+			res, _, ok := f.Get("projects", "shop/build/result.zip")
+			require.True(t, ok)
+			assert.Equal(t, map[string]string{"a.txt": "hello world"}, zipNames(t, res))
+			assert.Equal(t, tt.fileUploads, f.FileUploads, "uploads from a spooled file")
+			left, err := filepath.Glob(filepath.Join(filepath.Dir(o.LogFile), ".berth-result-*"))
+			require.NoError(t, err)
+			assert.Empty(t, left, "no spooled archive is left")
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"hash/crc64"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -192,6 +193,30 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 	}
 	if !hr.eof {
 		return fmt.Errorf("upload %s/%s: the body did not reach its end", container, name)
+	}
+	return nil
+}
+
+// UploadFile writes the file f to container/name with the SDK's UploadFile:
+// one Put Blob up to 256 MiB, Concurrency blocks of BlockSize read from the
+// file above. The blob's CRC-64 metadata is o.CRC64; its Content-MD5 is
+// o.MD5, or without one, for a Put Blob, the service's own. The blob is
+// replaced only when the upload commits.
+func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error {
+	h := &blob.HTTPHeaders{BlobContentMD5: o.MD5}
+	if o.ContentType != "" {
+		h.BlobContentType = &o.ContentType
+	}
+	c := hex.EncodeToString(o.CRC64)
+	_, err := s.client.UploadFile(ctx, container, name, f, &blockblob.UploadFileOptions{
+		BlockSize: s.blockSize, Concurrency: uint16(s.concurrency), HTTPHeaders: h,
+		Metadata: map[string]*string{MetadataCRC64: &c}, Progress: o.Progress,
+	})
+	if err != nil {
+		if bloberror.HasCode(err, bloberror.ContainerNotFound) {
+			return Permanent(fmt.Errorf("upload %s/%s: container %s does not exist; create it or fix the Organization's blob settings: %w", container, name, container, err))
+		}
+		return fmt.Errorf("upload %s/%s: %w", container, name, err)
 	}
 	return nil
 }

@@ -101,7 +101,8 @@ func TestProjectRoundTrip(t *testing.T) {
 	assert.Contains(t, log, "built 5 entries\n")
 	assert.Contains(t, log, "warning\n")
 
-	// berth-blob records the MD5 and the CRC-64 of what it uploads.
+	// berth-blob records the CRC-64 of what it uploads; a small result is
+	// spooled and sent in one Put Blob, whose MD5 the service records.
 	props, err := e.client.ServiceClient().NewContainerClient("projects").NewBlobClient(blob.ResultName("shop")).GetProperties(t.Context(), nil)
 	require.NoError(t, err)
 	sum := md5.Sum(e.download(t, "projects", blob.ResultName("shop")))

@@ -2,8 +2,8 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"testing"
 	"time"
