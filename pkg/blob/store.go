@@ -51,6 +51,10 @@ type StoreOptions struct {
 	MaxRetries int32
 	RetryDelay time.Duration
 	TryTimeout time.Duration
+	// Credential, when set, replaces DefaultAzureCredential with AccountURL.
+	Credential azcore.TokenCredential
+	// Transport, when set, sends the requests (a proxy, a private CA).
+	Transport policy.Transporter
 }
 
 // Default upload shape: 8 MiB blocks, 4 in flight, so about 32 MiB of
@@ -74,7 +78,7 @@ type AzureStore struct {
 func NewAzureStore(o StoreOptions) (*AzureStore, error) {
 	copts := &azblob.ClientOptions{ClientOptions: azcore.ClientOptions{Retry: policy.RetryOptions{
 		MaxRetries: o.MaxRetries, RetryDelay: o.RetryDelay, TryTimeout: o.TryTimeout,
-	}}}
+	}, Transport: o.Transport}}
 	s := &AzureStore{blockSize: o.BlockSize, concurrency: o.Concurrency}
 	if s.blockSize <= 0 {
 		s.blockSize = DefaultBlockSize
@@ -100,9 +104,11 @@ func NewAzureStore(o StoreOptions) (*AzureStore, error) {
 	if o.AccountURL == "" {
 		return nil, errors.New("no credentials: set a connection string (development) or an account URL for workload identity")
 	}
-	cred, err := azidentity.NewDefaultAzureCredential(nil)
-	if err != nil {
-		return nil, fmt.Errorf("azure credential: %w", err)
+	cred := o.Credential
+	if cred == nil {
+		if cred, err = azidentity.NewDefaultAzureCredential(nil); err != nil {
+			return nil, fmt.Errorf("azure credential: %w", err)
+		}
 	}
 	s.http = strings.HasPrefix(o.AccountURL, "http://")
 	if s.client, err = azblob.NewClient(strings.TrimSuffix(o.AccountURL, "/")+"/", cred, copts); err != nil {

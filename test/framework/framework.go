@@ -83,6 +83,9 @@ var state struct {
 	postgresErr error
 	azurite     *Azurite
 	azuriteErr  error
+	// azuriteOAuth is a second Azurite, on HTTPS with Azure AD tokens.
+	azuriteOAuth    *Azurite
+	azuriteOAuthErr error
 }
 
 // Main runs the package's tests and tears down what they started. Call it from

@@ -17,10 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"berth.dev/berth/pkg/blob"
+	"berth.dev/berth/test/framework"
 )
 
 // project is a small multi-file project: nested dirs, an executable, a
@@ -302,6 +304,59 @@ func TestSASURLReadsTheResultOnly(t *testing.T) {
 func get(t *testing.T, u string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(u)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// TestUserDelegationSASReadsTheResultOnly: with Azure AD credentials (an
+// Azurite on HTTPS that takes bearer tokens) the URL is a user-delegation
+// SAS, and it reads the result with a plain HTTP client, no other blob, and
+// nothing after it expires.
+func TestUserDelegationSASReadsTheResultOnly(t *testing.T) {
+	a := framework.AzuriteOAuthServer(t)
+	store, err := blob.NewAzureStore(blob.StoreOptions{
+		AccountURL: a.BlobEndpoint(), Credential: a.TokenCredential(), Transport: a.HTTPClient(),
+	})
+	require.NoError(t, err)
+	c := store.Client()
+	if _, err := c.CreateContainer(t.Context(), "projects", nil); err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
+		require.NoError(t, err)
+	}
+	result := []byte("result bytes")
+	_, err = c.UploadBuffer(t.Context(), "projects", blob.ResultName("udk"), result, nil)
+	require.NoError(t, err)
+	_, err = c.UploadBuffer(t.Context(), "projects", blob.LogName("udk"), []byte("log"), nil)
+	require.NoError(t, err)
+
+	sasURL, err := blob.ReadURL(t.Context(), store, "projects", "udk", "build/result.zip", 3*time.Second, time.Now())
+	require.NoError(t, err)
+	u, err := url.Parse(sasURL)
+	require.NoError(t, err)
+	q := u.Query()
+	assert.NotEmpty(t, q.Get("skoid"), "signed with a user delegation key")
+	assert.Equal(t, "https", q.Get("spr"), "HTTPS only")
+	issued := time.Now()
+
+	hc := a.HTTPClient()
+	status, body := getWith(t, hc, sasURL)
+	require.Equal(t, http.StatusOK, status, body)
+	assert.Equal(t, string(result), body)
+
+	u.Path = strings.Replace(u.Path, blob.ResultName("udk"), blob.LogName("udk"), 1)
+	status, _ = getWith(t, hc, u.String())
+	assert.Equal(t, http.StatusForbidden, status, "the URL reads no other blob")
+
+	time.Sleep(time.Until(issued.Add(4 * time.Second)))
+	status, _ = getWith(t, hc, sasURL)
+	assert.Equal(t, http.StatusForbidden, status, "the URL is refused after expiry")
+}
+
+func getWith(t *testing.T, hc *http.Client, u string) (int, string) {
+	t.Helper()
+	resp, err := hc.Get(u)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
