@@ -303,12 +303,7 @@ func TestSASURLReadsTheResultOnly(t *testing.T) {
 
 func get(t *testing.T, u string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(u)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, string(b)
+	return getWith(t, http.DefaultClient, u)
 }
 
 // TestUserDelegationSASReadsTheResultOnly: with Azure AD credentials (an
