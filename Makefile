@@ -53,8 +53,8 @@ test-integration: ## Run the integration tests on real local clusters (needs mak
 	$(GO) test -count=1 -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
 
 .PHONY: bench
-bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run.
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m $(TEST_FLAGS) ./test/bench/...
+bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run; one package at a time.
+	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m $(TEST_FLAGS) ./test/bench/...
 
 .PHONY: cluster-up
 cluster-up: tools ## Start the local cluster with its fake node pools (CLUSTER_FLAGS="--spot-ssd=10 --gpu=2").
