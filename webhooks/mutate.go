@@ -48,7 +48,7 @@ type Target struct {
 	// PriorityClass, if any. The API server writes it into Pods that name
 	// none before berth sees them, so berth takes it for unset.
 	GlobalDefaultPriorityClass string
-	Config        Config
+	Config                     Config
 	// Project is the berth.dev/project label, for the rules that validate
 	// without the object's metadata.
 	Project string
