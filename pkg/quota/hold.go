@@ -68,6 +68,9 @@ type held struct {
 	org     *berthv1alpha1.Organization
 	// shrink asks the next write to return the hold.
 	shrink bool
+	// kicked: a write of the hold is queued or running; admissions under
+	// it ask for no other until it ends.
+	kicked bool
 }
 
 type pending struct {
@@ -116,7 +119,8 @@ func (l *Ledger) takeHeld(org *berthv1alpha1.Organization, key string, entry Ent
 	}
 	h.used = append(h.used, pending{key: key, entry: entry})
 	h.lastUse, h.org = now, org
-	refill := int64(len(h.used)) >= h.size/2
+	refill := !h.kicked && int64(len(h.used)) >= h.size/2
+	h.kicked = h.kicked || refill
 	l.mu.Unlock()
 	if refill {
 		l.kick(org)
@@ -145,6 +149,16 @@ func (l *Ledger) kick(org *berthv1alpha1.Organization) {
 		case <-ctx.Done():
 		}
 	}()
+}
+
+// kickDone ends a write of org's hold: the next admission past half the
+// hold may ask for another.
+func (l *Ledger) kickDone(org string) {
+	l.mu.Lock()
+	if h := l.holds[org]; h != nil {
+		h.kicked = false
+	}
+	l.mu.Unlock()
 }
 
 // holdPlan is what one write does to this process's hold.
@@ -324,6 +338,16 @@ func (l *Ledger) drain() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Expired reports whether any of holds expired before before.
+func Expired(holds map[string]Hold, before time.Time) bool {
+	for _, h := range holds {
+		if h.Expires.Before(before) {
+			return true
+		}
+	}
+	return false
 }
 
 // DropExpired removes from org's ledger the holds that expired before

@@ -241,6 +241,9 @@ func (l *Ledger) commit(batch []*reservation) {
 	take := slices.ContainsFunc(batch, func(r *reservation) bool { return r.flush() || holdable(org, r.entry) })
 	begun := time.Now()
 	finish := func() {
+		if slices.ContainsFunc(batch, (*reservation).flush) {
+			l.kickDone(org.Name)
+		}
 		for i, r := range batch {
 			r.done <- results[i]
 		}
@@ -396,6 +399,12 @@ func (l *Ledger) Release(ctx context.Context, org string, keys map[string]types.
 func (l *Ledger) Entries(ctx context.Context, org string) (map[string]Entry, error) {
 	_, b, err := l.read(ctx, org)
 	return b.entries, err
+}
+
+// Read returns org's ledger entries and holds.
+func (l *Ledger) Read(ctx context.Context, org string) (map[string]Entry, map[string]Hold, error) {
+	_, b, err := l.read(ctx, org)
+	return b.entries, b.holds, err
 }
 
 // Fits reports, without a write, whether entry would be admitted now: nil,

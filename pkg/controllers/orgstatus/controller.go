@@ -111,7 +111,7 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := c.client.Get(ctx, req.NamespacedName, org); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	entries, err := c.ledger.Entries(ctx, org.Name)
+	entries, holds, err := c.ledger.Read(ctx, org.Name)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -154,11 +154,13 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 	}
 	// Only now that their Pods are entries may lost holds go.
-	holds, err := c.ledger.DropExpired(ctx, org.Name, c.clock.Now().Add(-Grace))
-	if err != nil {
-		return ctrl.Result{}, fmt.Errorf("drop expired holds from the ledger of org %s: %w", org.Name, err)
+	remain := len(holds) > 0
+	if cutoff := c.clock.Now().Add(-Grace); quota.Expired(holds, cutoff) {
+		if remain, err = c.ledger.DropExpired(ctx, org.Name, cutoff); err != nil {
+			return ctrl.Result{}, fmt.Errorf("drop expired holds from the ledger of org %s: %w", org.Name, err)
+		}
 	}
-	if holds && (wait == 0 || wait > Grace) {
+	if remain && (wait == 0 || wait > Grace) {
 		wait = Grace // a replica that stops without returning its hold
 	}
 	status := org.Status.DeepCopy()
