@@ -30,10 +30,10 @@ type Object struct {
 // UploadOptions describe a blob being written.
 type UploadOptions struct {
 	ContentType string
-	// CRC64 and, when set, MD5 are the file's, computed as it was written;
-	// UploadFile records them on the blob. Without an MD5, Put Blob
-	// records the one the service computes (a block upload records none).
-	MD5, CRC64 []byte
+	// CRC64 is the file's, computed as it was written; UploadFile records
+	// it on the blob. The MD5 of a Put Blob is the service's own (a block
+	// upload records none).
+	CRC64 []byte
 	// Progress, when set, is told how many bytes UploadFile has sent; the
 	// count may go down when a request is retried.
 	Progress func(sent int64)

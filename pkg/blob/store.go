@@ -205,11 +205,11 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 
 // UploadFile writes the file f to container/name with the SDK's UploadFile:
 // one Put Blob up to 256 MiB, Concurrency blocks of BlockSize read from the
-// file above. The blob's CRC-64 metadata is o.CRC64; its Content-MD5 is
-// o.MD5, or without one, for a Put Blob, the service's own. The blob is
-// replaced only when the upload commits.
+// file above. The blob's CRC-64 metadata is o.CRC64; a Put Blob's
+// Content-MD5 is the service's own. The blob is replaced only when the
+// upload commits.
 func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error {
-	h := &blob.HTTPHeaders{BlobContentMD5: o.MD5}
+	h := &blob.HTTPHeaders{}
 	if o.ContentType != "" {
 		h.BlobContentType = &o.ContentType
 	}
