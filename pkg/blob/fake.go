@@ -68,6 +68,13 @@ func (f *Fake) SetMD5(container, name string, sum []byte) {
 	f.blobs[container+"/"+name].md5 = sum
 }
 
+// SetCRC64 overrides a blob's CRC-64 metadata (hex); empty removes it.
+func (f *Fake) SetCRC64(container, name, sum string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blobs[container+"/"+name].crc64 = sum
+}
+
 // Get returns a blob's bytes and content type.
 func (f *Fake) Get(container, name string) ([]byte, string, bool) {
 	f.mu.Lock()

@@ -86,7 +86,8 @@ type WriterAtTruncater interface {
 
 // DownloadTo streams container/name into f, resuming from where a broken
 // stream stopped and starting over if the blob changed. It checks the size
-// always, and the MD5 and the CRC-64 when the blob carries them.
+// always, and the blob's CRC-64 when it carries berth's, else its MD5 when it
+// has one. The sum is computed on another core as the bytes arrive.
 func DownloadTo(ctx context.Context, src Source, container, name string, f WriterAtTruncater, b Backoff, interval time.Duration) (int64, error) {
 	d := &download{src: src, container: container, name: name, f: f}
 	d.reset()
@@ -100,13 +101,31 @@ type download struct {
 	f               WriterAtTruncater
 	offset          int64
 	etag            string
-	md5             hash.Hash
-	crc             hash.Hash64
+	// sum is the check chosen at the first response of this version of
+	// the blob, fed across resumed attempts; nil checks the size only.
+	sum     hash.Hash
+	sumKind string
 }
 
 func (d *download) reset() {
 	d.offset, d.etag = 0, ""
-	d.md5, d.crc = md5.New(), crc64.New(crcTable)
+	d.sum, d.sumKind = nil, ""
+}
+
+// choose picks the check for obj's version: CRC-64 (berth's metadata) is
+// about twice as fast as MD5 here, and either proves the bytes.
+func (d *download) choose(obj *Object) {
+	if d.sumKind != "" {
+		return
+	}
+	switch {
+	case obj.CRC64 != "":
+		d.sum, d.sumKind = crc64.New(crcTable), "crc64"
+	case len(obj.MD5) > 0:
+		d.sum, d.sumKind = md5.New(), "md5"
+	default:
+		d.sumKind = "size"
+	}
 }
 
 func (d *download) restart() error {
@@ -137,7 +156,18 @@ func (d *download) attempt(interval time.Duration) func(ctx context.Context) err
 		p := startProgress(ctx, "download", d.container+"/"+d.name, obj.Size, interval)
 		p.add(int(d.offset))
 		defer p.finish()
-		n, err := io.Copy(io.MultiWriter(d.f, d.md5, d.crc), countingReader{r: obj.Body, p: p})
+		d.choose(obj)
+		var w io.Writer = d.f
+		var tee *hashTee
+		if d.sum != nil {
+			tee = newHashTee(d.sum)
+			w = &teeWriter{w: d.f, tee: tee}
+		}
+		buf := make([]byte, teeChunk)
+		n, err := io.CopyBuffer(w, countingReader{r: obj.Body, p: p}, buf)
+		if tee != nil {
+			tee.close()
+		}
 		d.offset += n
 		if err != nil {
 			return fmt.Errorf("download %s/%s at byte %d: %w", d.container, d.name, d.offset, err)
@@ -158,13 +188,13 @@ func (d *download) verify(obj *Object) error {
 	if obj.Size >= 0 && d.offset != obj.Size {
 		return fmt.Errorf("integrity check of %s: got %d bytes, the blob has %d", what, d.offset, obj.Size)
 	}
-	if len(obj.MD5) > 0 {
-		if got := d.md5.Sum(nil); !bytes.Equal(got, obj.MD5) {
+	switch d.sumKind {
+	case "md5":
+		if got := d.sum.Sum(nil); !bytes.Equal(got, obj.MD5) {
 			return fmt.Errorf("integrity check of %s: MD5 %x, the blob's Content-MD5 is %x", what, got, obj.MD5)
 		}
-	}
-	if obj.CRC64 != "" {
-		if got := hex.EncodeToString(d.crc.Sum(nil)); got != obj.CRC64 {
+	case "crc64":
+		if got := hex.EncodeToString(d.sum.Sum(nil)); got != obj.CRC64 {
 			return fmt.Errorf("integrity check of %s: CRC-64 %s, the blob's is %s", what, got, obj.CRC64)
 		}
 	}

@@ -63,13 +63,27 @@ func TestFetchRetriesTransientErrors(t *testing.T) {
 }
 
 func TestFetchChecksIntegrity(t *testing.T) {
-	f := NewFake()
-	f.Put("uploads", "shop/source.zip", archive(t, entry{name: "x", body: "x"}), true)
-	f.SetMD5("uploads", "shop/source.zip", make([]byte, 16))
-	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "Content-MD5")
-	assert.Equal(t, fastBackoff.Attempts, f.Downloads, "a corrupt copy is fetched again from the start")
+	for _, tc := range []struct {
+		name    string
+		corrupt func(f *Fake)
+		want    string
+	}{
+		{"CRC-64 wins over MD5", func(f *Fake) { f.SetCRC64("uploads", "shop/source.zip", "0000000000000000") }, "CRC-64"},
+		{"MD5 without CRC-64", func(f *Fake) {
+			f.SetCRC64("uploads", "shop/source.zip", "")
+			f.SetMD5("uploads", "shop/source.zip", make([]byte, 16))
+		}, "Content-MD5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			f.Put("uploads", "shop/source.zip", archive(t, entry{name: "x", body: "x"}), true)
+			tc.corrupt(f)
+			_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Equal(t, fastBackoff.Attempts, f.Downloads, "a corrupt copy is fetched again from the start")
+		})
+	}
 }
 
 func TestFetchMissingSourceFailsAtOnce(t *testing.T) {

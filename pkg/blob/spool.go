@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash"
 	"hash/crc64"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -84,7 +85,7 @@ func zipToFile(ctx context.Context, dir, spoolDir string) (*os.File, sums, error
 	}
 	c := crc64.New(crcTable)
 	tee := newHashTee(c)
-	bw := bufio.NewWriterSize(&teeFile{f: f, tee: tee}, 1<<20)
+	bw := bufio.NewWriterSize(&teeWriter{w: f, tee: tee}, 1<<20)
 	zerr := ZipDir(ctx, dir, bw)
 	if zerr == nil {
 		zerr = bw.Flush()
@@ -100,14 +101,14 @@ func zipToFile(ctx context.Context, dir, spoolDir string) (*os.File, sums, error
 	return f, sums{size: st.Size(), crc64: c.Sum(nil)}, nil
 }
 
-// teeFile writes to the file and hands a copy to the hashers.
-type teeFile struct {
-	f   *os.File
+// teeWriter writes to w and hands a copy of what was written to the hasher.
+type teeWriter struct {
+	w   io.Writer
 	tee *hashTee
 }
 
-func (t *teeFile) Write(b []byte) (int, error) {
-	n, err := t.f.Write(b)
+func (t *teeWriter) Write(b []byte) (int, error) {
+	n, err := t.w.Write(b)
 	t.tee.write(b[:n])
 	return n, err
 }

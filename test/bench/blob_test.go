@@ -142,7 +142,12 @@ func BenchmarkBlobTransfer(b *testing.B) {
 			line += " (target >= 0.9)"
 		}
 		b.Log(line)
-		b.Logf("  per round, MB/s: berth-blob %.0f, plain %.0f", m[0], m[1])
+		var paired []float64
+		for i := range min(len(m[0]), len(m[1])) {
+			paired = append(paired, m[0][i]/m[1][i])
+		}
+		b.ReportMetric(median(paired), what+"-paired-ratio")
+		b.Logf("  per round, MB/s: berth-blob %.0f, plain %.0f; median of the rounds' ratios %.2f", m[0], m[1], median(paired))
 	}
 	report("upload", up, true)
 	report("upload-raw", [2][]float64{up[0], upRaw}, false)
