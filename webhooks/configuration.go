@@ -42,6 +42,16 @@ func (e Endpoint) clientConfig(path string) admissionregistrationv1.WebhookClien
 var ChargedExpression = fmt.Sprintf("has(object.metadata.annotations) && %[1]q in object.metadata.annotations && object.metadata.annotations[%[1]q] == %[2]q",
 	berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
 
+// TokenChangedExpression matches an update that changes a Pod's quota
+// token.
+var TokenChangedExpression = fmt.Sprintf("request.operation == 'UPDATE' && %s != %s",
+	labelOr("oldObject", berthv1alpha1.LabelQuotaToken), labelOr("object", berthv1alpha1.LabelQuotaToken))
+
+// labelOr is the CEL value of obj's label k, or "".
+func labelOr(obj, k string) string {
+	return fmt.Sprintf("(has(%[1]s.metadata.labels) && %[2]q in %[1]s.metadata.labels ? %[1]s.metadata.labels[%[2]q] : '')", obj, k)
+}
+
 // Configurations returns berth's webhook configurations: failurePolicy Fail
 // inside the scope (labelled objects outside system namespaces), a 3 s
 // timeout, and reinvocation so berth sees what later webhooks add.
@@ -91,16 +101,17 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 	validating := &admissionregistrationv1.ValidatingWebhookConfiguration{
 		ObjectMeta: metav1.ObjectMeta{Name: ConfigurationName},
 		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
-			Name: "pods.validate.berth.dev", ClientConfig: e.clientConfig(PathValidatePod), Rules: rule("", "pods", create),
+			Name: "pods.validate.berth.dev", ClientConfig: e.clientConfig(PathValidatePod), Rules: rule("", "pods", create, update),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
 			// The quota ledger is written, except on dry runs.
 			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
 			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
-			// Only Pods the mutating webhook marked as counting against a
-			// limit: the others were checked there, and cost one call.
+			// Only creates of Pods the mutating webhook marked as counting
+			// against a limit (the others were checked there, and cost one
+			// call), and updates that change a quota token.
 			MatchConditions: []admissionregistrationv1.MatchCondition{{
-				Name:       "charged",
-				Expression: ChargedExpression,
+				Name:       "charged-or-token-changed",
+				Expression: fmt.Sprintf("(request.operation == 'CREATE' && %s) || (%s)", ChargedExpression, TokenChangedExpression),
 			}},
 		}, {
 			Name: "jobs.validate.berth.dev", ClientConfig: e.clientConfig(PathValidateJob), Rules: rule("batch", "jobs", create, update),

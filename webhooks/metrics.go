@@ -29,6 +29,10 @@ var (
 		Help:    "Reservations decided together and committed in one ledger write.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
 	})
+	heldAdmissions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "berth_webhook_quota_held_total",
+		Help: "Workspaces admitted by the mutating webhook under the replica's quota hold, with no ledger write and no validating call.",
+	})
 	quotaConflicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_webhook_quota_retries_total",
 		Help: "Quota ledger writes lost to another replica and decided again.",
@@ -36,5 +40,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(admissions, denials, latency, ledgerWrites, ledgerBatch, quotaConflicts)
+	metrics.Registry.MustRegister(admissions, denials, latency, ledgerWrites, ledgerBatch, heldAdmissions, quotaConflicts)
 }

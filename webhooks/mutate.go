@@ -90,6 +90,9 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 // whatever the user wrote otherwise. The validating webhook is called only
 // for marked Pods.
 func markCharged(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
+	// Only the webhook hands out quota tokens (PodWebhook.Default), never
+	// the user.
+	delete(meta.Labels, berthv1alpha1.LabelQuotaToken)
 	if t.Class != berthv1alpha1.ClassBuild && quota.Limited(t.Org, t.Class, podGPUs(spec)) {
 		setAnnotation(meta, berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
 		return

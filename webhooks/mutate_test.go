@@ -782,3 +782,19 @@ func TestMutatePodIdempotent(t *testing.T) {
 		}
 	}
 }
+
+// The quota mark and token are berth's: a limited workspace is marked for
+// the validating webhook, and a token the user wrote is removed from every
+// Pod (the webhook hands out its own under a hold).
+func TestMutatePodQuotaMarks(t *testing.T) {
+	forged := func() *corev1.Pod {
+		return testutil.Pod("w").Label(berthv1alpha1.LabelQuotaToken, "stolen").Annotation(berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged).Obj()
+	}
+	limited := mutate(t, forged(), target(t, workspace, testOrg().MaxWorkspaces(5).Obj()))
+	assert.Equal(t, berthv1alpha1.QuotaCharged, limited.Annotations[berthv1alpha1.AnnotationQuota])
+	assert.NotContains(t, limited.Labels, berthv1alpha1.LabelQuotaToken)
+
+	free := mutate(t, forged(), target(t, workspace, testOrg().Obj()))
+	assert.NotContains(t, free.Annotations, berthv1alpha1.AnnotationQuota)
+	assert.NotContains(t, free.Labels, berthv1alpha1.LabelQuotaToken)
+}

@@ -3,6 +3,7 @@ package webhooks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -49,7 +50,29 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
 		return d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
 	}
+	w.admitHeld(d, pod, t)
 	return d.allow()
+}
+
+// admitHeld admits a charged workspace here, under this replica's quota
+// hold, when it has a free slot: the Pod then carries a quota token in place
+// of AnnotationQuota, and the API server does not call the validating
+// webhook. Near the org's limit there are no holds, and the validating
+// webhook decides on the ledger. A later webhook that changes the Pod makes
+// the API server call this one again, which takes a second slot: the first
+// is released once no Pod carries its token (orgstatus, after Grace).
+func (w *PodWebhook) admitHeld(d *decision, pod *corev1.Pod, t *Target) {
+	if w.Ledger == nil || d.dryRun || pod.Annotations[berthv1alpha1.AnnotationQuota] != berthv1alpha1.QuotaCharged {
+		return
+	}
+	entry := quota.Entry{Class: t.Class, GPUs: PodGPUs(&pod.Spec), Admitted: w.now()}
+	token, ok := w.Ledger.AdmitHeld(t.Org, d.namespace, entry)
+	if !ok {
+		return
+	}
+	pod.Labels[berthv1alpha1.LabelQuotaToken] = token
+	delete(pod.Annotations, berthv1alpha1.AnnotationQuota)
+	heldAdmissions.Inc()
 }
 
 // ValidateCreate checks the final Pod and charges its quota. The API server
@@ -90,9 +113,20 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	return nil, d.allow()
 }
 
-// ValidateUpdate allows every update: berth decides at creation.
-func (w *PodWebhook) ValidateUpdate(context.Context, *corev1.Pod, *corev1.Pod) (admission.Warnings, error) {
-	return nil, nil
+// ValidateUpdate denies a change of a Pod's quota token: the token ties the
+// Pod to its ledger entry. The API server calls it for no other update.
+func (w *PodWebhook) ValidateUpdate(ctx context.Context, oldPod, pod *corev1.Pod) (admission.Warnings, error) {
+	before, after := oldPod.Labels[berthv1alpha1.LabelQuotaToken], pod.Labels[berthv1alpha1.LabelQuotaToken]
+	if before == after {
+		return nil, nil
+	}
+	d := begin(ctx, "Pod", "validate", pod.Name)
+	d.class = pod.Labels[berthv1alpha1.LabelClass]
+	d.org = pod.Labels[berthv1alpha1.LabelOrg]
+	path := field.NewPath("metadata", "labels").Key(berthv1alpha1.LabelQuotaToken)
+	return nil, d.deny("quota", apierrors.NewInvalid(podKind, pod.Name, field.ErrorList{
+		field.Invalid(path, after, fmt.Sprintf("the quota token is set by berth at admission and cannot change (it was %q); put the label back as it was, or delete the Pod and create a new one", before)),
+	}))
 }
 
 // ValidateDelete allows every deletion.

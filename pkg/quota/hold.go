@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 )
 
@@ -126,6 +128,25 @@ func (l *Ledger) takeHeld(org *berthv1alpha1.Organization, key string, entry Ent
 		l.kick(org)
 	}
 	return true
+}
+
+// AdmitHeld admits a workspace of namespace under this process's hold, if
+// it has a usable one with a free slot, and returns the token the Pod must
+// carry in LabelQuotaToken: its ledger key is TokenKey(namespace, token).
+// It writes nothing, so it serves the mutating webhook, before the Pod has a
+// name. Every call takes a new slot: a token in the request is never
+// trusted.
+func (l *Ledger) AdmitHeld(org *berthv1alpha1.Organization, namespace string, entry Entry) (string, bool) {
+	if !holdable(org, entry) {
+		return "", false
+	}
+	token := NewToken()
+	entry.UID = types.UID(token)
+	entry.Namespace, entry.Name = namespace, tokenMark+token
+	if !l.takeHeld(org, TokenKey(namespace, token), entry) {
+		return "", false
+	}
+	return token, true
 }
 
 // kick asks the org's committer to write this process's hold: flush the

@@ -174,3 +174,63 @@ func TestDropExpired(t *testing.T) {
 	assert.Equal(t, fmt.Sprintf("live 5 %d\n", now.Add(time.Minute).UnixNano()), ledgerOf(t, store, "acme").Data[quota.HoldsKey])
 	assert.NoError(t, l.Fits(context.Background(), org, quota.Key("team", "b"), ws("b")))
 }
+
+// TestAdmitHeldHandsOutTokens: the mutating webhook's path admits under a
+// hold with a new token per call, writes the tokens as entries, and stops
+// once the org has too little room for holds.
+func TestAdmitHeldHandsOutTokens(t *testing.T) {
+	scheme := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(scheme))
+	store := fake.NewClientBuilder().WithScheme(scheme).Build()
+	l := &quota.Ledger{Client: store, Namespace: "berth-system", Replica: "r", HoldSize: 16, HoldTTL: time.Minute}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		assert.NoError(t, l.Start(ctx))
+	}()
+	org := testutil.Org("acme").MaxWorkspaces(1000).Obj()
+	entry := quota.Entry{Class: berthv1alpha1.ClassWorkspace, Admitted: time.Now()}
+	_, ok := l.AdmitHeld(org, "team", entry)
+	assert.False(t, ok, "no hold before a reservation took one")
+	require.Eventually(t, func() bool {
+		return l.Reserve(ctx, org, quota.Key("team", "a"), ws("a")) == nil
+	}, time.Second, 10*time.Millisecond)
+	require.NoError(t, l.Reserve(ctx, org, quota.Key("team", "b"), ws("b")), "a started ledger takes a hold")
+
+	tokens := map[string]bool{}
+	for range 5 {
+		tok, ok := l.AdmitHeld(org, "team", entry)
+		require.True(t, ok)
+		assert.Len(t, tok, 16)
+		tokens[tok] = true
+	}
+	assert.Len(t, tokens, 5, "every call has a new token")
+	gpu := quota.Entry{Class: berthv1alpha1.ClassInference, GPUs: 1}
+	_, ok = l.AdmitHeld(testutil.Org("acme").MaxWorkspaces(1000).MaxGPUs(4).Obj(), "team", gpu)
+	assert.False(t, ok, "GPUs are never held")
+	// Near a limit there is no hold to admit under.
+	small := testutil.Org("small").MaxWorkspaces(20).Obj()
+	for _, name := range []string{"y", "z"} {
+		require.NoError(t, l.Reserve(ctx, small, quota.Key("team", name), ws(name)))
+	}
+	_, ok = l.AdmitHeld(small, "team", quota.Entry{Class: berthv1alpha1.ClassWorkspace})
+	assert.False(t, ok)
+
+	cancel()
+	<-stopped
+	entries, err := l.Entries(context.Background(), "acme")
+	require.NoError(t, err)
+	assert.Len(t, entries, 7)
+	for tok := range tokens {
+		e, ok := entries[quota.TokenKey("team", tok)]
+		require.True(t, ok, "token %s is an entry", tok)
+		got, isToken := e.Token()
+		assert.True(t, isToken)
+		assert.Equal(t, tok, got)
+		assert.Equal(t, "team", e.Namespace)
+	}
+	_, isToken := entries[quota.Key("team", "a")].Token()
+	assert.False(t, isToken)
+
+}

@@ -2,6 +2,8 @@ package quota
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"maps"
@@ -59,6 +61,24 @@ func decode(s string) (Entry, error) {
 // Key is the ledger key of a Pod: namespace and name, which a namespace name
 // (a DNS label) keeps unambiguous.
 func Key(namespace, name string) string { return namespace + "_" + name }
+
+// tokenMark starts the name part of a token key: no Pod name holds it.
+const tokenMark = "+"
+
+// TokenKey is the ledger key of a Pod admitted under a hold, by the token in
+// its LabelQuotaToken.
+func TokenKey(namespace, token string) string { return Key(namespace, tokenMark+token) }
+
+// Token returns the token of an entry keyed by TokenKey.
+func (e Entry) Token() (string, bool) { return strings.CutPrefix(e.Name, tokenMark) }
+
+// NewToken returns a new random quota token: 16 characters, a valid label
+// value.
+func NewToken() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:]) // never fails on Linux, see crypto/rand
+	return strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
+}
 
 // SplitKey is the inverse of Key.
 func SplitKey(key string) (namespace, name string) {

@@ -8,6 +8,7 @@ package orgstatus
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -50,8 +51,8 @@ type Controller struct {
 	reader client.Reader
 	ledger *quota.Ledger
 	clock  clock.Clock
-	// gone holds the UIDs of Pods seen deleted, so their charge is released
-	// at once rather than after the grace period.
+	// gone holds the UIDs and quota tokens of Pods seen deleted, so their
+	// charge is released at once rather than after the grace period.
 	gone sync.Map
 }
 
@@ -74,7 +75,12 @@ func (c *Controller) Register(mgr ctrl.Manager) error {
 
 // podHandler enqueues a Pod's org, and remembers Pods that are deleted.
 func (c *Controller) podHandler() handler.EventHandler {
-	return coalesced(func(e event.DeleteEvent) { c.gone.Store(e.Object.GetUID(), c.clock.Now()) })
+	return coalesced(func(e event.DeleteEvent) {
+		c.gone.Store(e.Object.GetUID(), c.clock.Now())
+		if tok := e.Object.GetLabels()[berthv1alpha1.LabelQuotaToken]; tok != "" {
+			c.gone.Store(types.UID(tok), c.clock.Now()) // the UID of its token entry
+		}
+	})
 }
 
 // coalesced enqueues the object's org Coalesce from now; events for the same
@@ -116,7 +122,11 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	c.forgetOldDeletions()
-	stale, wait, err := c.staleEntries(ctx, entries)
+	var pods corev1.PodList
+	if err := c.client.List(ctx, &pods, client.MatchingLabels{berthv1alpha1.LabelOrg: org.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	stale, wait, err := c.staleEntries(ctx, entries, byToken(pods.Items))
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -135,10 +145,6 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	plan := buildqueue.Plan(org, jobs.Items)
-	var pods corev1.PodList
-	if err := c.client.List(ctx, &pods, client.MatchingLabels{berthv1alpha1.LabelOrg: org.Name}); err != nil {
-		return ctrl.Result{}, err
-	}
 	usage, missing := Live(org, pods.Items, entries, c.clock.Now())
 	for k, e := range missing {
 		if _, deleted := c.gone.Load(e.UID); deleted { // the cache is behind
@@ -183,10 +189,12 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 }
 
 // Live counts an org's running workspaces and GPUs from its Pods, and
-// returns the ledger entries that limited Pods lack.
+// returns the ledger entries that limited Pods lack. An entry covers one
+// Pod: the one of its name and UID, or the one carrying its quota token.
 func Live(org *berthv1alpha1.Organization, pods []corev1.Pod, entries map[string]quota.Entry, now time.Time) (quota.Usage, map[string]quota.Entry) {
 	var u quota.Usage
 	missing := map[string]quota.Entry{}
+	covered := map[string]bool{}
 	for i := range pods {
 		p := &pods[i]
 		class, ok := berthv1alpha1.ParseClass(p.Labels[berthv1alpha1.LabelClass])
@@ -198,18 +206,37 @@ func Live(org *berthv1alpha1.Organization, pods []corev1.Pod, entries map[string
 			u.Workspaces++
 		}
 		u.GPUs += gpus
-		key := quota.Key(p.Namespace, p.Name)
 		if class == berthv1alpha1.ClassBuild || !quota.Limited(org, class, gpus) || p.DeletionTimestamp != nil {
 			continue
 		}
 		if now.Sub(p.CreationTimestamp.Time) < quota.DefaultHoldTTL {
 			continue // may be under a replica's hold, written back within its TTL
 		}
+		if tok := p.Labels[berthv1alpha1.LabelQuotaToken]; tok != "" {
+			if k := quota.TokenKey(p.Namespace, tok); !covered[k] {
+				if _, ok := entries[k]; ok {
+					covered[k] = true
+					continue
+				}
+			}
+		}
+		key := quota.Key(p.Namespace, p.Name)
 		if e, ok := entries[key]; !ok || e.UID != p.UID {
 			missing[key] = quota.Entry{UID: p.UID, Class: class, GPUs: gpus, Admitted: now}
 		}
 	}
 	return u, missing
+}
+
+// byToken indexes the Pods that carry a quota token by its ledger key.
+func byToken(pods []corev1.Pod) map[string]*corev1.Pod {
+	m := map[string]*corev1.Pod{}
+	for i := range pods {
+		if tok := pods[i].Labels[berthv1alpha1.LabelQuotaToken]; tok != "" {
+			m[quota.TokenKey(pods[i].Namespace, tok)] = &pods[i]
+		}
+	}
+	return m
 }
 
 // forgetOldDeletions drops deletions of Pods no ledger held.
@@ -224,22 +251,32 @@ func (c *Controller) forgetOldDeletions() {
 }
 
 // staleEntries returns the entries whose Pod finished or is gone, and how
-// long to wait before looking again at entries too young to judge.
-func (c *Controller) staleEntries(ctx context.Context, entries map[string]quota.Entry) (map[string]types.UID, time.Duration, error) {
+// long to wait before looking again at entries too young to judge. tokens
+// are the org's cached Pods that carry a quota token, by ledger key.
+func (c *Controller) staleEntries(ctx context.Context, entries map[string]quota.Entry, tokens map[string]*corev1.Pod) (map[string]types.UID, time.Duration, error) {
 	stale := map[string]types.UID{}
 	var wait time.Duration
 	now := c.clock.Now()
 	for key, e := range entries {
-		pod := &corev1.Pod{}
-		err := c.client.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, pod)
-		if err == nil && pod.UID == e.UID {
+		token, isToken := e.Token()
+		var pod *corev1.Pod
+		if isToken {
+			pod = tokens[key]
+		} else {
+			p := &corev1.Pod{}
+			err := c.client.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, p)
+			if err != nil && !kerrors.IsNotFound(err) {
+				return nil, 0, err
+			}
+			if err == nil && p.UID == e.UID {
+				pod = p
+			}
+		}
+		if pod != nil {
 			if controllers.PodFinished(pod) {
 				stale[key] = e.UID
 			}
 			continue
-		}
-		if err != nil && !kerrors.IsNotFound(err) {
-			return nil, 0, err
 		}
 		if _, deleted := c.gone.Load(e.UID); deleted {
 			stale[key] = e.UID
@@ -251,13 +288,34 @@ func (c *Controller) staleEntries(ctx context.Context, entries map[string]quota.
 			wait = max(wait, Grace-age)
 			continue
 		}
-		err = c.reader.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, pod)
-		switch {
-		case kerrors.IsNotFound(err), err == nil && pod.UID != e.UID, err == nil && controllers.PodFinished(pod):
-			stale[key] = e.UID
-		case err != nil:
+		live, err := c.liveOnServer(ctx, e, token, isToken)
+		if err != nil {
 			return nil, 0, err
+		}
+		if !live {
+			stale[key] = e.UID
 		}
 	}
 	return stale, wait, nil
+}
+
+// liveOnServer asks the API server whether the Pod of entry e exists and has
+// not finished.
+func (c *Controller) liveOnServer(ctx context.Context, e quota.Entry, token string, isToken bool) (bool, error) {
+	if isToken {
+		var pods corev1.PodList
+		if err := c.reader.List(ctx, &pods, client.InNamespace(e.Namespace), client.MatchingLabels{berthv1alpha1.LabelQuotaToken: token}); err != nil {
+			return false, err
+		}
+		return slices.ContainsFunc(pods.Items, func(p corev1.Pod) bool { return !controllers.PodFinished(&p) }), nil
+	}
+	pod := &corev1.Pod{}
+	err := c.reader.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: e.Name}, pod)
+	switch {
+	case kerrors.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return pod.UID == e.UID && !controllers.PodFinished(pod), nil
 }

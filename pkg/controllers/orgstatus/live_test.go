@@ -46,3 +46,25 @@ func TestLive(t *testing.T) {
 		quota.Key("team", "vllm"): {UID: "uid-xvllm", Class: berthv1alpha1.ClassInference, GPUs: 2, Admitted: now},
 	}, missing)
 }
+
+// A token entry covers the one Pod that carries its token; a second Pod with
+// the same token is charged on its own.
+func TestLiveMatchesQuotaTokens(t *testing.T) {
+	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	ws := func(name, token string) corev1.Pod {
+		p := testutil.Pod(name).Namespace("team").Class(berthv1alpha1.ClassWorkspace).Label(berthv1alpha1.LabelQuotaToken, token).Obj()
+		p.UID = types.UID("uid-" + name)
+		return *p
+	}
+	pods := []corev1.Pod{ws("ws-a", "tok1"), ws("ws-b", "tok1"), ws("ws-c", "tok2")}
+	entries := map[string]quota.Entry{
+		quota.TokenKey("team", "tok1"): {UID: "tok1", Class: berthv1alpha1.ClassWorkspace},
+		quota.Key("team", "ws-c"):      {UID: "uid-ws-c", Class: berthv1alpha1.ClassWorkspace},
+	}
+	org := testutil.Org("acme").MaxWorkspaces(10).Obj()
+	u, missing := Live(org, pods, entries, now)
+	assert.Equal(t, quota.Usage{Workspaces: 3}, u)
+	assert.Equal(t, map[string]quota.Entry{
+		quota.Key("team", "ws-b"): {UID: "uid-ws-b", Class: berthv1alpha1.ClassWorkspace, Admitted: now},
+	}, missing, "ws-c is covered by its name entry, ws-a by the token; ws-b shares ws-a's token")
+}

@@ -2,6 +2,8 @@ package admission
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 )
@@ -190,4 +193,86 @@ func ignoreForbidden(err error) error {
 		return nil
 	}
 	return err
+}
+
+// Far from its limit an org's workspaces are admitted in the mutating call,
+// under berth-manager's quota hold: each carries a token berth chose, the
+// API server does not call the validating webhook for it, its token is a
+// ledger entry within a tick, the token cannot be changed, and deleting the
+// Pod releases its entry.
+func TestHeldWorkspacesTakeOneWebhookCall(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()).MaxWorkspaces(1000))
+	ns := env.Namespace(t, org.Name)
+	validations := func() float64 {
+		n, err := manager.MetricValue("berth_webhook_duration_seconds_count", `kind="Pod"`, `phase="validate"`)
+		require.NoError(t, err)
+		return n
+	}
+	before := validations()
+	var held []*corev1.Pod
+	const creates = 12
+	for i := range creates {
+		// The first create takes the hold through the validating webhook;
+		// the next ones are admitted under it.
+		p := testutil.Pod(fmt.Sprintf("ws-%02d", i)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).
+			Label(berthv1alpha1.LabelQuotaToken, "forged").Annotation(berthv1alpha1.AnnotationQuota, "no").Obj()
+		env.Create(t, p)
+		tok := p.Labels[berthv1alpha1.LabelQuotaToken]
+		assert.NotEqual(t, "forged", tok, "a token the user wrote is replaced")
+		if tok != "" {
+			assert.NotContains(t, p.Annotations, berthv1alpha1.AnnotationQuota, "a held Pod is not sent to the validating webhook")
+			held = append(held, p)
+		} else {
+			assert.Equal(t, berthv1alpha1.QuotaCharged, p.Annotations[berthv1alpha1.AnnotationQuota])
+		}
+	}
+	require.GreaterOrEqual(t, len(held), creates-2, "workspaces admitted under the hold")
+	assert.Equal(t, float64(creates-len(held)), validations()-before, "validating calls: only the Pods not held")
+
+	ledger := func(ctx context.Context) (map[string]bool, error) {
+		cm := &corev1.ConfigMap{}
+		err := env.Client.Get(ctx, client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm)
+		keys := map[string]bool{}
+		for _, line := range strings.Split(cm.Data[quota.DataKey], "\n") {
+			if k, _, ok := strings.Cut(line, " "); ok {
+				keys[k] = true
+			}
+		}
+		return keys, err
+	}
+	framework.Eventually(t, 30*time.Second, "every held token is a ledger entry", func(ctx context.Context) (bool, error) {
+		keys, err := ledger(ctx)
+		for _, p := range held {
+			if !keys[quota.TokenKey(ns, p.Labels[berthv1alpha1.LabelQuotaToken])] {
+				return false, err
+			}
+		}
+		return len(keys) == creates, err
+	})
+
+	// The token ties the Pod to its entry: it cannot be changed or removed.
+	for _, change := range []func(*corev1.Pod){
+		func(p *corev1.Pod) { p.Labels[berthv1alpha1.LabelQuotaToken] = held[1].Labels[berthv1alpha1.LabelQuotaToken] },
+		func(p *corev1.Pod) { delete(p.Labels, berthv1alpha1.LabelQuotaToken) },
+	} {
+		p := held[0].DeepCopy()
+		change(p)
+		err := env.Client.Patch(t.Context(), p, client.MergeFrom(held[0]))
+		require.Error(t, err)
+		assert.True(t, apierrors.IsInvalid(err), "%v", err)
+		assert.Contains(t, err.Error(), "the quota token is set by berth at admission and cannot change")
+	}
+
+	gone := held[0]
+	require.NoError(t, env.Client.Delete(t.Context(), gone, client.GracePeriodSeconds(0)))
+	framework.Eventually(t, 30*time.Second, "the deleted Pod's token entry is released", func(ctx context.Context) (bool, error) {
+		keys, err := ledger(ctx)
+		return !keys[quota.TokenKey(ns, gone.Labels[berthv1alpha1.LabelQuotaToken])] && len(keys) == creates-1, err
+	})
+	framework.Eventually(t, 30*time.Second, "status counts the held workspaces", func(ctx context.Context) (bool, error) {
+		got := &berthv1alpha1.Organization{}
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(org), got)
+		return got.Status.Workspaces == creates-1, err
+	})
 }

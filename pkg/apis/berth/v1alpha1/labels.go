@@ -23,6 +23,12 @@ const (
 	AnnotationQuota = "berth.dev/quota"
 	// QuotaCharged is AnnotationQuota's value.
 	QuotaCharged = "charged"
+	// LabelQuotaToken is set by the mutating webhook on a workspace it
+	// admitted under its replica's quota hold, in place of AnnotationQuota:
+	// the ledger entry is keyed by this token, since a Pod created with
+	// generateName has no name yet. Whatever a user writes there on create
+	// is replaced, and changing it later is denied.
+	LabelQuotaToken = "berth.dev/quota-token"
 )
 
 // Class is the kind of developer workload a Pod or Job is.
