@@ -25,6 +25,9 @@ type Hold struct {
 const (
 	DefaultHoldSize = 32
 	DefaultHoldTTL  = 10 * time.Second
+	// DefaultHoldIdle is how long an unused hold is kept, renewed, while
+	// the org has room to spare.
+	DefaultHoldIdle = 30 * time.Second
 	// holdShare is the share of an org's free workspaces one hold may take:
 	// an eighth, so that holds never stand between the last workspaces and
 	// the Pods that want them.
@@ -297,9 +300,8 @@ func (l *Ledger) settleHold(org *berthv1alpha1.Organization, p holdPlan, err err
 // NeedLeaderElection is false: every replica keeps its own holds.
 func (l *Ledger) NeedLeaderElection() bool { return false }
 
-// Start lets the ledger take holds, and keeps them until ctx ends: every
-// tick it writes the Pods admitted under each hold, renews the holds in use
-// and returns the idle ones. At the end it returns every hold.
+// Start lets the ledger take holds, and keeps them until ctx ends (see
+// tend). At the end it returns every hold.
 func (l *Ledger) Start(ctx context.Context) error {
 	if l.Replica == "" {
 		return fmt.Errorf("quota ledger: holds need a replica name")
@@ -312,39 +314,71 @@ func (l *Ledger) Start(ctx context.Context) error {
 	for {
 		select {
 		case <-tick.C:
-			l.tend(false)
+			l.tend(ctx, false)
 		case <-ctx.Done():
 			l.mu.Lock()
 			l.started = false
 			l.mu.Unlock()
-			l.tend(true)
+			l.tend(context.Background(), true)
 			l.drain()
 			return nil
 		}
 	}
 }
 
-// tend kicks the committer of every org this process holds slots in: each
-// tick writes the Pods admitted under the hold, renews it, and returns it if
-// the org nears its limit or the hold has been idle for two ticks (or, with
-// all, at once). Another replica denied for want of the held slots sees
-// them within a tick.
-func (l *Ledger) tend(all bool) {
+// tend looks after this process's holds, once a tick:
+//   - a hold with Pods admitted under it is written: they become entries,
+//     and the hold is renewed (another replica denied for want of the held
+//     slots sees them within a tick);
+//   - an idle hold is renewed shortly before it stops being usable, so the
+//     next burst of workspaces is admitted at once;
+//   - an idle hold is returned when the org nears its limit (read from the
+//     ledger, with no write) or after HoldIdle;
+//   - with all, every hold is returned.
+func (l *Ledger) tend(ctx context.Context, all bool) {
 	now := time.Now()
-	var orgs []*berthv1alpha1.Organization
+	tick := l.holdTTL() / 10
+	var kick, check []*berthv1alpha1.Organization
 	l.mu.Lock()
 	for _, h := range l.holds {
-		if all || now.Sub(h.lastUse) > l.holdTTL()/5 {
-			h.shrink = true
+		if h.org == nil {
+			continue
 		}
-		orgs = append(orgs, h.org)
+		idle := now.Sub(h.lastUse)
+		switch {
+		case all || idle > l.holdIdle():
+			h.shrink = true
+			kick = append(kick, h.org)
+		case len(h.used) > 0 || h.usable.Sub(now) < 2*tick:
+			kick = append(kick, h.org)
+		case idle > 2*tick:
+			check = append(check, h.org)
+		}
 	}
 	l.mu.Unlock()
-	for _, org := range orgs {
-		if org != nil {
-			l.kick(org)
+	for _, org := range check {
+		rctx, cancel := context.WithTimeout(ctx, tick)
+		_, b, err := l.read(rctx, org.Name)
+		cancel()
+		if err != nil || org.Spec.MaxWorkspaces == nil || free(org, b, l.Replica) < minHold*holdShare {
+			l.mu.Lock()
+			if h := l.holds[org.Name]; h != nil {
+				h.shrink = true
+			}
+			l.mu.Unlock()
+			kick = append(kick, org)
 		}
 	}
+	for _, org := range kick {
+		l.kick(org)
+	}
+}
+
+func (l *Ledger) holdIdle() time.Duration {
+	if l.HoldIdle > 0 {
+		return l.HoldIdle
+	}
+	return DefaultHoldIdle
 }
 
 // drain waits, up to a hold's TTL, for the holds to be written back.

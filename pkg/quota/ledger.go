@@ -176,6 +176,9 @@ type Ledger struct {
 	HoldSize int64
 	// HoldTTL is how long a hold lasts unless renewed (default 10 s).
 	HoldTTL time.Duration
+	// HoldIdle is how long an unused hold is kept (default 30 s); it is
+	// returned at once when the org nears its limit.
+	HoldIdle time.Duration
 
 	mu      sync.Mutex
 	pending map[string][]*reservation    // by org; present while a committer runs
