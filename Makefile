@@ -56,6 +56,13 @@ test-integration: ## Run the integration tests on real local clusters (needs mak
 bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run; one package at a time.
 	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m $(TEST_FLAGS) ./test/bench/...
 
+IMAGES := berth-blob berth-manager berth-scheduler
+
+.PHONY: images
+images: ## Build berth's container images as tarballs in bin/images, with no container engine; docker load, kind load image-archive or crane push them.
+	$(GO) build -o $(BIN)/ ./hack/image
+	for b in $(IMAGES); do $(BIN)/image --binary $$b --out $(BIN)/images/$$b.tar; done
+
 .PHONY: cluster-up
 cluster-up: tools ## Start the local cluster with its fake node pools (CLUSTER_FLAGS="--spot-ssd=10 --gpu=2").
 	$(GO) build -o $(BIN)/ ./hack/localcluster
