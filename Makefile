@@ -26,7 +26,8 @@ generate: ## Regenerate deepcopy code and the CRDs from pkg/apis.
 	bash hack/tools.sh controller-gen
 	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" object:headerFile=hack/boilerplate.go.txt paths=./pkg/apis/...
 	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" crd paths=./pkg/apis/... output:crd:artifacts:config=manifests/crds
-	mkdir -p charts/berth/crds && cp manifests/crds/*.yaml charts/berth/crds/
+	mkdir -p charts/berth/crds charts/berth/files && cp manifests/crds/*.yaml charts/berth/crds/
+	cp manifests/scheduler/berth-scheduler.yaml charts/berth/files/
 
 .PHONY: verify
 verify: ## Check gofmt, go vet and that generated files are current; fails on a dirty diff.
@@ -34,8 +35,8 @@ verify: ## Check gofmt, go vet and that generated files are current; fails on a 
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 	$(MAKE) --no-print-directory generate
-	@git diff --exit-code -- pkg/apis manifests/crds charts/berth/crds || { echo "generated files are stale: run make generate and commit"; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- pkg/apis manifests/crds charts/berth/crds); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
+	@git diff --exit-code -- pkg/apis manifests/crds charts/berth/crds charts/berth/files || { echo "generated files are stale: run make generate and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- pkg/apis manifests/crds charts/berth/crds charts/berth/files); if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
 
 .PHONY: build
 build: ## Build berth's binaries into ./bin.

@@ -5,6 +5,7 @@
 #   kwok, kwokctl (sigs.k8s.io/kwok)
 #   controller-gen (sigs.k8s.io/controller-tools)
 #   azurite (npm), for the blob tests
+#   helm (helm.sh/helm/v3), for the chart test
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
 #
 # usage: hack/tools.sh            build what is missing
@@ -73,6 +74,7 @@ case "${1:-all}" in
     go_install "$KWOK_BIN_DIR" "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
     install_azurite
+    go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
     ;;
   controller-gen)
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
@@ -83,6 +85,7 @@ case "${1:-all}" in
     echo "KWOK_BIN_DIR=$KWOK_BIN_DIR"
     echo "CONTROLLER_GEN_DIR=$CONTROLLER_GEN_DIR"
     echo "AZURITE_DIR=$AZURITE_DIR"
+    echo "HELM_DIR=$HELM_DIR"
     ;;
   *) echo "usage: hack/tools.sh [all|controller-gen|env]" >&2; exit 2 ;;
 esac

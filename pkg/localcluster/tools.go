@@ -23,6 +23,8 @@ type Tools struct {
 	Kwokctl               string
 	// AzuriteBlob is Azurite's blob service, for tests that ask for it.
 	AzuriteBlob string
+	// Helm renders the chart, for the chart test.
+	Helm string
 }
 
 // LocateTools reads the tool cache's layout from hack/tools.sh, the one place
@@ -52,6 +54,7 @@ func LocateTools(ctx context.Context, root string) (Tools, error) {
 		Kwok:                  filepath.Join(dirs["KWOK_BIN_DIR"], "kwok"),
 		Kwokctl:               filepath.Join(dirs["KWOK_BIN_DIR"], "kwokctl"),
 		AzuriteBlob:           filepath.Join(dirs["AZURITE_DIR"], "node_modules", ".bin", "azurite-blob"),
+		Helm:                  filepath.Join(dirs["HELM_DIR"], "helm"),
 	}, nil
 }
 

@@ -228,18 +228,27 @@ func tlsOpts(http2 bool) []func(*tls.Config) {
 	return []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
 }
 
-// registerConfigurations creates berth's webhook configurations pointing at
-// the URL, keeping the CA bundle the rotator injected into existing ones.
+// registerConfigurations points berth's webhook configurations at the URL,
+// keeping the CA bundle the rotator injected into existing ones. It creates
+// the namespace and the configurations only when they are missing, so that
+// the Helm chart's rights (update, not create) are enough once it installed
+// them.
 func registerConfigurations(ctx context.Context, c client.Client, o Options) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Webhook.Namespace}}
-	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create namespace %s: %w", ns.Name, err)
+	if err := c.Get(ctx, client.ObjectKeyFromObject(ns), ns); apierrors.IsNotFound(err) {
+		if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create namespace %s: %w", ns.Name, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("read namespace %s: %w", ns.Name, err)
 	}
 	mut, val := webhooks.Configurations(o.Webhook, webhooks.Endpoint{URL: o.WebhookURL})
 	for _, obj := range []client.Object{mut, val} {
-		err := c.Create(ctx, obj)
-		if apierrors.IsAlreadyExists(err) {
-			err = updateKeepingCA(ctx, c, obj)
+		err := updateKeepingCA(ctx, c, obj)
+		if apierrors.IsNotFound(err) {
+			if err = c.Create(ctx, obj); apierrors.IsAlreadyExists(err) {
+				err = updateKeepingCA(ctx, c, obj) // another replica came first
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("register %T %s: %w", obj, obj.GetName(), err)

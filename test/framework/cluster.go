@@ -3,19 +3,25 @@ package framework
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"berth.dev/berth/pkg/localcluster"
@@ -176,4 +182,38 @@ func (e *ClusterEnv) NodesByPool(ctx context.Context) (map[string][]corev1.Node,
 		out[p] = append(out[p], n)
 	}
 	return out, nil
+}
+
+// ServiceAccountKubeconfig writes a kubeconfig that acts as the
+// ServiceAccount namespace/name, with a one-hour token from the API server's
+// TokenRequest, and returns its path. A process started with it has that
+// ServiceAccount's rights and no others.
+func (e *ClusterEnv) ServiceAccountKubeconfig(t testing.TB, namespace, name string) string {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(namespace).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token of ServiceAccount %s/%s: %v", namespace, name, err)
+	}
+	ca := e.Config.CAData
+	if len(ca) == 0 && e.Config.CAFile != "" {
+		if ca, err = os.ReadFile(e.Config.CAFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: e.Config.Host, CertificateAuthorityData: ca, InsecureSkipTLSVerify: e.Config.Insecure}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "local", AuthInfo: name}
+	cfg.CurrentContext = name
+	path := filepath.Join(Dir(t, "kubeconfig-"+name), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

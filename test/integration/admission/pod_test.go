@@ -253,7 +253,9 @@ func TestHeldWorkspacesTakeOneWebhookCall(t *testing.T) {
 
 	// The token ties the Pod to its entry: it cannot be changed or removed.
 	for _, change := range []func(*corev1.Pod){
-		func(p *corev1.Pod) { p.Labels[berthv1alpha1.LabelQuotaToken] = held[1].Labels[berthv1alpha1.LabelQuotaToken] },
+		func(p *corev1.Pod) {
+			p.Labels[berthv1alpha1.LabelQuotaToken] = held[1].Labels[berthv1alpha1.LabelQuotaToken]
+		},
 		func(p *corev1.Pod) { delete(p.Labels, berthv1alpha1.LabelQuotaToken) },
 	} {
 		p := held[0].DeepCopy()

@@ -1,0 +1,211 @@
+// Package chart tests berth's Helm chart on a real API server: what it
+// renders is valid, matches what berth's code builds, and gives berth-manager
+// and berth-scheduler every right they use and no more than the chart says.
+package chart
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/diff"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+	"berth.dev/berth/webhooks"
+)
+
+func TestMain(m *testing.M) { framework.Main(m) }
+
+// namespace is the release's namespace: berth-manager's default.
+const namespace = "berth-system"
+
+// TestChartRunsBerthWithItsOwnRights renders the chart as `helm install`
+// would, creates every object it renders on the local cluster's API server,
+// and then runs berth-manager and berth-scheduler as the chart's
+// ServiceAccounts. A labelled workspace is admitted, charged and placed; a
+// second is denied by the quota; two builds are queued, released one at a
+// time, placed and finished; the org's status counts them. Neither process
+// logs a forbidden request.
+func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
+	env := framework.Cluster(t)
+	root, err := localcluster.RepoRoot(".")
+	require.NoError(t, err)
+	chart := filepath.Join(root, "charts", "berth")
+	helm(t, env, "lint", "--strict", chart)
+	objs := render(t, env, chart)
+
+	byKind := map[string][]*unstructured.Unstructured{}
+	for _, o := range objs {
+		byKind[o.GetKind()] = append(byKind[o.GetKind()], o)
+	}
+	for _, kind := range []string{"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+		"Service", "ConfigMap", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PodDisruptionBudget"} {
+		assert.NotEmpty(t, byKind[kind], "the chart renders a %s", kind)
+	}
+	checkWebhookConfigurations(t, byKind)
+	checkSchedulerConfig(t, root, byKind["ConfigMap"])
+
+	// Every object is valid on the API server.
+	ctx := t.Context()
+	require.NoError(t, client.IgnoreAlreadyExists(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})))
+	for _, o := range objs {
+		require.NoError(t, env.Client.Create(ctx, o), "create %s %s", o.GetKind(), o.GetName())
+	}
+
+	// berth-manager with the chart's ServiceAccount. Run here, it points
+	// the chart's webhook configurations at itself by URL, an update the
+	// chart's rights allow on configurations named berth.
+	manager := framework.StartManager(t, env, framework.ManagerOptions{Args: []string{
+		"--kubeconfig", env.ServiceAccountKubeconfig(t, namespace, "berth-manager"), "--leader-elect",
+	}})
+	scheduler := framework.StartScheduler(t, env, func(cfg map[string]any) {
+		cfg["clientConnection"].(map[string]any)["kubeconfig"] = env.ServiceAccountKubeconfig(t, namespace, "berth-scheduler")
+		cfg["leaderElection"].(map[string]any)["resourceNamespace"] = namespace
+	})
+
+	org := testutil.Org("chart").MaxWorkspaces(1).MaxConcurrentBuilds(1).Obj()
+	env.Create(t, org)
+	ns := env.Namespace(t, org.Name)
+	ws := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
+	env.Create(t, ws)
+	assert.Equal(t, webhooks.DefaultSchedulerName, ws.Spec.SchedulerName)
+	err = env.Client.Create(ctx, testutil.Pod("ws-2").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj())
+	require.Error(t, err)
+	assert.True(t, apierrors.IsForbidden(err), "a second workspace is over the quota: %v", err)
+	for _, name := range []string{"build-a", "build-b"} {
+		env.Create(t, testutil.Job(name).Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj())
+	}
+
+	framework.Eventually(t, 2*time.Minute, "the workspace placed by berth-scheduler", func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(ws), ws)
+		return ws.Spec.NodeName != "", err
+	})
+	framework.Eventually(t, 2*time.Minute, "both builds released in turn and finished", func(ctx context.Context) (bool, error) {
+		var jobs batchv1.JobList
+		err := env.Client.List(ctx, &jobs, client.InNamespace(ns))
+		done := 0
+		for _, j := range jobs.Items {
+			done += int(j.Status.Succeeded)
+		}
+		return done == 2, err
+	})
+	framework.Eventually(t, time.Minute, "status.workspaces = 1", func(ctx context.Context) (bool, error) {
+		got := &berthv1alpha1.Organization{}
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(org), got)
+		return got.Status.Workspaces == 1, err
+	})
+	log, err := os.ReadFile(manager.Log)
+	require.NoError(t, err)
+	assert.Contains(t, string(log), `managerUsername="system:serviceaccount:`+namespace+`:berth-manager"`, "berth-manager runs as the chart's ServiceAccount")
+	for _, p := range []*framework.Process{manager, scheduler} {
+		log, err := os.ReadFile(p.Log)
+		require.NoError(t, err)
+		for _, line := range strings.Split(string(log), "\n") {
+			assert.NotContains(t, strings.ToLower(line), "forbidden: user \"system:serviceaccount:", "%s was refused a request", p.Name)
+		}
+	}
+}
+
+// checkWebhookConfigurations compares the chart's webhook configurations
+// with the ones berth-manager builds for a Service endpoint.
+func checkWebhookConfigurations(t *testing.T, byKind map[string][]*unstructured.Unstructured) {
+	t.Helper()
+	wantMut, wantVal := webhooks.Configurations(webhooks.Config{Namespace: namespace}, webhooks.Endpoint{
+		Service: &admissionregistrationv1.ServiceReference{Namespace: namespace, Name: "berth-webhook", Port: ptr.To[int32](443)},
+	})
+	require.Len(t, byKind["MutatingWebhookConfiguration"], 1)
+	require.Len(t, byKind["ValidatingWebhookConfiguration"], 1)
+	var mut admissionregistrationv1.MutatingWebhookConfiguration
+	var val admissionregistrationv1.ValidatingWebhookConfiguration
+	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(byKind["MutatingWebhookConfiguration"][0].Object, &mut))
+	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(byKind["ValidatingWebhookConfiguration"][0].Object, &val))
+	assert.Equal(t, webhooks.ConfigurationName, mut.Name)
+	assert.Equal(t, webhooks.ConfigurationName, val.Name)
+	assert.True(t, equality.Semantic.DeepEqual(wantMut.Webhooks, mut.Webhooks),
+		"charts/berth/templates/webhooks.yaml differs from webhooks.Configurations:\n%s", diff.Diff(wantMut.Webhooks, mut.Webhooks))
+	assert.True(t, equality.Semantic.DeepEqual(wantVal.Webhooks, val.Webhooks),
+		"charts/berth/templates/webhooks.yaml differs from webhooks.Configurations:\n%s", diff.Diff(wantVal.Webhooks, val.Webhooks))
+}
+
+// checkSchedulerConfig checks that the chart runs berth-scheduler with the
+// shipped configuration, its lease moved into the release's namespace.
+func checkSchedulerConfig(t *testing.T, root string, cms []*unstructured.Unstructured) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root, framework.SchedulerConfig))
+	require.NoError(t, err)
+	var want map[string]any
+	require.NoError(t, yaml.Unmarshal(raw, &want))
+	want["leaderElection"].(map[string]any)["resourceNamespace"] = namespace
+	for _, cm := range cms {
+		if cm.GetName() != "berth-scheduler" {
+			continue
+		}
+		data, _, _ := unstructured.NestedString(cm.Object, "data", "config.yaml")
+		var got map[string]any
+		require.NoError(t, yaml.Unmarshal([]byte(data), &got))
+		assert.Equal(t, want, got)
+		return
+	}
+	t.Fatal("no ConfigMap berth-scheduler rendered")
+}
+
+// helm runs the pinned helm from the tool cache.
+func helm(t *testing.T, env *framework.ClusterEnv, args ...string) []byte {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), env.Tools.Helm, args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "helm %s: %s", strings.Join(args, " "), stderr.String())
+	return out
+}
+
+// render is `helm template` of the chart into the release namespace,
+// without the CRDs (the cluster has them), as objects.
+func render(t *testing.T, env *framework.ClusterEnv, chart string) []*unstructured.Unstructured {
+	t.Helper()
+	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
+	require.NoError(t, err)
+	v, err := dc.ServerVersion()
+	require.NoError(t, err)
+	out := helm(t, env, "template", "berth", chart, "--namespace", namespace, "--kube-version", v.GitVersion)
+	var objs []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		err := dec.Decode(&u.Object)
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		require.NoError(t, err)
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+}
