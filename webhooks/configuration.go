@@ -87,7 +87,9 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
 			Name: "pods.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutatePod), Rules: rule("", "pods", create),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
-			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNone),
+			// A workspace admitted under a quota hold is charged here,
+			// except on dry runs.
+			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
 			ReinvocationPolicy: ptr.To(admissionregistrationv1.IfNeededReinvocationPolicy),
 			ObjectSelector:     objectSelector, NamespaceSelector: namespaceSelector,
 		}, {
