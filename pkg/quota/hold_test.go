@@ -119,9 +119,9 @@ func TestHoldsAreExactAcrossReplicas(t *testing.T) {
 	}, 5*time.Second, 50*time.Millisecond)
 }
 
-// TestHoldsAreReturnedOnStop: a stopping replica writes back what it
-// admitted and returns its hold.
-func TestHoldsAreReturnedOnStop(t *testing.T) {
+// startedLedger returns a ledger with holds of 16 on a fake store, started
+// until stop (or the test's end).
+func startedLedger(t *testing.T) (*quota.Ledger, client.Client, context.Context, func()) {
 	scheme := runtime.NewScheme()
 	require.NoError(t, clientgoscheme.AddToScheme(scheme))
 	store := fake.NewClientBuilder().WithScheme(scheme).Build()
@@ -132,6 +132,15 @@ func TestHoldsAreReturnedOnStop(t *testing.T) {
 		defer close(stopped)
 		assert.NoError(t, l.Start(ctx))
 	}()
+	stop := func() { cancel(); <-stopped }
+	t.Cleanup(cancel)
+	return l, store, ctx, stop
+}
+
+// TestHoldsAreReturnedOnStop: a stopping replica writes back what it
+// admitted and returns its hold.
+func TestHoldsAreReturnedOnStop(t *testing.T) {
+	l, store, ctx, stop := startedLedger(t)
 	org := testutil.Org("acme").MaxWorkspaces(1000).Obj()
 	require.Eventually(t, func() bool {
 		return l.Reserve(ctx, org, quota.Key("team", "a"), ws("a")) == nil
@@ -140,8 +149,7 @@ func TestHoldsAreReturnedOnStop(t *testing.T) {
 	require.NoError(t, l.Reserve(ctx, org, quota.Key("team", "b"), ws("b")), "admitted again, charged once")
 	assert.Contains(t, ledgerOf(t, store, "acme").Data[quota.HoldsKey], "r 16 ", "a hold of 16 is taken")
 
-	cancel()
-	<-stopped
+	stop()
 	cm := ledgerOf(t, store, "acme")
 	assert.Empty(t, cm.Data[quota.HoldsKey])
 	entries, err := l.Entries(context.Background(), "acme")
@@ -179,16 +187,7 @@ func TestDropExpired(t *testing.T) {
 // hold with a new token per call, writes the tokens as entries, and stops
 // once the org has too little room for holds.
 func TestAdmitHeldHandsOutTokens(t *testing.T) {
-	scheme := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(scheme))
-	store := fake.NewClientBuilder().WithScheme(scheme).Build()
-	l := &quota.Ledger{Client: store, Namespace: "berth-system", Replica: "r", HoldSize: 16, HoldTTL: time.Minute}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		assert.NoError(t, l.Start(ctx))
-	}()
+	l, _, ctx, stop := startedLedger(t)
 	org := testutil.Org("acme").MaxWorkspaces(1000).Obj()
 	entry := quota.Entry{Class: berthv1alpha1.ClassWorkspace, Admitted: time.Now()}
 	_, ok := l.AdmitHeld(org, "team", entry)
@@ -217,8 +216,7 @@ func TestAdmitHeldHandsOutTokens(t *testing.T) {
 	_, ok = l.AdmitHeld(small, "team", quota.Entry{Class: berthv1alpha1.ClassWorkspace})
 	assert.False(t, ok)
 
-	cancel()
-	<-stopped
+	stop()
 	entries, err := l.Entries(context.Background(), "acme")
 	require.NoError(t, err)
 	assert.Len(t, entries, 7)
