@@ -64,7 +64,7 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 		byKind[o.GetKind()] = append(byKind[o.GetKind()], o)
 	}
 	for _, kind := range []string{"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-		"Service", "ConfigMap", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PodDisruptionBudget"} {
+		"Service", "ConfigMap", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PodDisruptionBudget", "PriorityClass"} {
 		assert.NotEmpty(t, byKind[kind], "the chart renders a %s", kind)
 	}
 	checkWebhookConfigurations(t, byKind)
@@ -94,6 +94,8 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 	ws := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
 	env.Create(t, ws)
 	assert.Equal(t, webhooks.DefaultSchedulerName, ws.Spec.SchedulerName)
+	assert.Equal(t, "berth-workspace", ws.Spec.PriorityClassName, "the chart's PriorityClass of the class")
+	assert.Equal(t, int32(1000), ptr.Deref(ws.Spec.Priority, 0))
 	err = env.Client.Create(ctx, testutil.Pod("ws-2").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj())
 	require.Error(t, err)
 	assert.True(t, apierrors.IsForbidden(err), "a second workspace is over the quota: %v", err)
