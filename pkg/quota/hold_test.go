@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,24 +138,35 @@ func startedLedger(t *testing.T) (*quota.Ledger, client.Client, context.Context,
 	return l, store, ctx, stop
 }
 
+// takeHold reserves workspaces w0, w1, ... of org until l has written a
+// hold (its Start may not have run yet), and returns how many it reserved.
+func takeHold(t *testing.T, l *quota.Ledger, store client.Client, org *berthv1alpha1.Organization) int {
+	n := 0
+	require.Eventually(t, func() bool {
+		name := fmt.Sprintf("w%d", n)
+		require.NoError(t, l.Reserve(context.Background(), org, quota.Key("team", name), ws(name)))
+		n++
+		return strings.Contains(ledgerOf(t, store, org.Name).Data[quota.HoldsKey], "r ")
+	}, 5*time.Second, 10*time.Millisecond, "a started ledger takes a hold")
+	return n
+}
+
 // TestHoldsAreReturnedOnStop: a stopping replica writes back what it
 // admitted and returns its hold.
 func TestHoldsAreReturnedOnStop(t *testing.T) {
 	l, store, ctx, stop := startedLedger(t)
 	org := testutil.Org("acme").MaxWorkspaces(1000).Obj()
-	require.Eventually(t, func() bool {
-		return l.Reserve(ctx, org, quota.Key("team", "a"), ws("a")) == nil
-	}, time.Second, 10*time.Millisecond)
+	n := takeHold(t, l, store, org)
+	assert.Contains(t, ledgerOf(t, store, "acme").Data[quota.HoldsKey], "r 16 ", "a hold of 16 is taken")
 	require.NoError(t, l.Reserve(ctx, org, quota.Key("team", "b"), ws("b")))
 	require.NoError(t, l.Reserve(ctx, org, quota.Key("team", "b"), ws("b")), "admitted again, charged once")
-	assert.Contains(t, ledgerOf(t, store, "acme").Data[quota.HoldsKey], "r 16 ", "a hold of 16 is taken")
 
 	stop()
 	cm := ledgerOf(t, store, "acme")
 	assert.Empty(t, cm.Data[quota.HoldsKey])
 	entries, err := l.Entries(context.Background(), "acme")
 	require.NoError(t, err)
-	assert.Len(t, entries, 2)
+	assert.Len(t, entries, n+1)
 }
 
 // TestDropExpired drops only holds that expired before the given time.
@@ -187,15 +199,12 @@ func TestDropExpired(t *testing.T) {
 // hold with a new token per call, writes the tokens as entries, and stops
 // once the org has too little room for holds.
 func TestAdmitHeldHandsOutTokens(t *testing.T) {
-	l, _, ctx, stop := startedLedger(t)
+	l, store, ctx, stop := startedLedger(t)
 	org := testutil.Org("acme").MaxWorkspaces(1000).Obj()
 	entry := quota.Entry{Class: berthv1alpha1.ClassWorkspace, Admitted: time.Now()}
 	_, ok := l.AdmitHeld(org, "team", entry)
 	assert.False(t, ok, "no hold before a reservation took one")
-	require.Eventually(t, func() bool {
-		return l.Reserve(ctx, org, quota.Key("team", "a"), ws("a")) == nil
-	}, time.Second, 10*time.Millisecond)
-	require.NoError(t, l.Reserve(ctx, org, quota.Key("team", "b"), ws("b")), "a started ledger takes a hold")
+	n := takeHold(t, l, store, org)
 
 	tokens := map[string]bool{}
 	for range 5 {
@@ -219,7 +228,7 @@ func TestAdmitHeldHandsOutTokens(t *testing.T) {
 	stop()
 	entries, err := l.Entries(context.Background(), "acme")
 	require.NoError(t, err)
-	assert.Len(t, entries, 7)
+	assert.Len(t, entries, n+5)
 	for tok := range tokens {
 		e, ok := entries[quota.TokenKey("team", tok)]
 		require.True(t, ok, "token %s is an entry", tok)
@@ -228,7 +237,7 @@ func TestAdmitHeldHandsOutTokens(t *testing.T) {
 		assert.Equal(t, tok, got)
 		assert.Equal(t, "team", e.Namespace)
 	}
-	_, isToken := entries[quota.Key("team", "a")].Token()
+	_, isToken := entries[quota.Key("team", "w0")].Token()
 	assert.False(t, isToken)
 
 }
