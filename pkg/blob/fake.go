@@ -6,7 +6,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"fmt"
-	"hash/crc64"
+	"hash/crc32"
 	"io"
 	"os"
 	"strconv"
@@ -32,11 +32,12 @@ type Fake struct {
 }
 
 type fakeBlob struct {
-	data  []byte
-	etag  string
-	md5   []byte
-	crc64 string
-	ctype string
+	data   []byte
+	etag   string
+	md5    []byte
+	crc32c string
+	crc64  string
+	ctype  string
 }
 
 var (
@@ -48,7 +49,7 @@ var (
 // NewFake returns an empty Fake.
 func NewFake() *Fake { return &Fake{blobs: map[string]*fakeBlob{}} }
 
-// Put stores data as container/name, with or without its MD5 and CRC-64.
+// Put stores data as container/name, with or without its MD5 and CRC-32C.
 func (f *Fake) Put(container, name string, data []byte, withHashes bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -56,7 +57,7 @@ func (f *Fake) Put(container, name string, data []byte, withHashes bool) {
 	if withHashes {
 		m := md5.Sum(data)
 		b.md5 = m[:]
-		b.crc64 = hex.EncodeToString(crc64Of(data))
+		b.crc32c = hex.EncodeToString(crc32cOf(data))
 	}
 	f.blobs[container+"/"+name] = b
 }
@@ -68,7 +69,15 @@ func (f *Fake) SetMD5(container, name string, sum []byte) {
 	f.blobs[container+"/"+name].md5 = sum
 }
 
-// SetCRC64 overrides a blob's CRC-64 metadata (hex); empty removes it.
+// SetCRC32C overrides a blob's CRC-32C metadata (hex); empty removes it.
+func (f *Fake) SetCRC32C(container, name, sum string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blobs[container+"/"+name].crc32c = sum
+}
+
+// SetCRC64 sets a blob's CRC-64 metadata (hex), as berth recorded it before
+// CRC-32C; empty removes it.
 func (f *Fake) SetCRC64(container, name, sum string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -108,7 +117,7 @@ func (f *Fake) Download(ctx context.Context, container, name string, offset int6
 	if brk > 0 && int64(len(b.data))-offset > brk {
 		body = io.MultiReader(io.LimitReader(body, brk), errReader{})
 	}
-	return &Object{Body: io.NopCloser(body), Size: int64(len(b.data)), ETag: b.etag, MD5: b.md5, CRC64: b.crc64}, nil
+	return &Object{Body: io.NopCloser(body), Size: int64(len(b.data)), ETag: b.etag, MD5: b.md5, CRC32C: b.crc32c, CRC64: b.crc64}, nil
 }
 
 type errReader struct{}
@@ -137,7 +146,7 @@ func (f *Fake) Upload(ctx context.Context, container, name string, body io.Reade
 	return nil
 }
 
-// UploadFile implements Sink. It fails when o.CRC64 is not the file's.
+// UploadFile implements Sink. It fails when o.CRC32C is not the file's.
 func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.File, o UploadOptions) error {
 	f.mu.Lock()
 	f.FileUploads++
@@ -146,8 +155,8 @@ func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.
 	if err != nil {
 		return fmt.Errorf("upload %s/%s: %w", container, name, err)
 	}
-	if sum := crc64Of(data); !bytes.Equal(sum, o.CRC64) {
-		return fmt.Errorf("upload %s/%s: CRC-64 %x given, %x computed", container, name, o.CRC64, sum)
+	if sum := crc32cOf(data); !bytes.Equal(sum, o.CRC32C) {
+		return fmt.Errorf("upload %s/%s: CRC-32C %x given, %x computed", container, name, o.CRC32C, sum)
 	}
 	if o.Progress != nil {
 		o.Progress(int64(len(data)))
@@ -160,8 +169,8 @@ func (f *Fake) ReadURL(ctx context.Context, container, name string, expiry time.
 	return fmt.Sprintf("https://fake.blob/%s/%s?se=%s&sp=r", container, name, expiry.UTC().Format(time.RFC3339)), nil
 }
 
-func crc64Of(b []byte) []byte {
-	h := crc64.New(crcTable)
+func crc32cOf(b []byte) []byte {
+	h := crc32.New(castagnoli)
 	h.Write(b)
 	return h.Sum(nil)
 }

@@ -1,8 +1,10 @@
 package blob
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"os"
 	"path/filepath"
 	"testing"
@@ -68,9 +70,13 @@ func TestFetchChecksIntegrity(t *testing.T) {
 		corrupt func(f *Fake)
 		want    string
 	}{
-		{"CRC-64 wins over MD5", func(f *Fake) { f.SetCRC64("uploads", "shop/source.zip", "0000000000000000") }, "CRC-64"},
-		{"MD5 without CRC-64", func(f *Fake) {
-			f.SetCRC64("uploads", "shop/source.zip", "")
+		{"CRC-32C wins over MD5", func(f *Fake) { f.SetCRC32C("uploads", "shop/source.zip", "00000000") }, "CRC-32C"},
+		{"CRC-64 of an older upload", func(f *Fake) {
+			f.SetCRC32C("uploads", "shop/source.zip", "")
+			f.SetCRC64("uploads", "shop/source.zip", "0000000000000000")
+		}, "CRC-64"},
+		{"MD5 without berth's sums", func(f *Fake) {
+			f.SetCRC32C("uploads", "shop/source.zip", "")
 			f.SetMD5("uploads", "shop/source.zip", make([]byte, 16))
 		}, "Content-MD5"},
 	} {
@@ -135,4 +141,19 @@ func TestReadURLChecksItsInput(t *testing.T) {
 	assert.Error(t, err)
 	_, err = ReadURL(t.Context(), f, "projects", "shop", "x", 8*24*time.Hour, now)
 	assert.Error(t, err)
+}
+
+// A blob berth uploaded before it recorded CRC-32C carries only its CRC-64,
+// which fetch still checks and passes.
+func TestFetchChecksAnOlderCRC64(t *testing.T) {
+	f := NewFake()
+	data := archive(t, entry{name: "x", body: "x"})
+	f.Put("uploads", "shop/source.zip", data, true)
+	f.SetCRC32C("uploads", "shop/source.zip", "")
+	h := crc64.New(crcTable)
+	h.Write(data)
+	f.SetCRC64("uploads", "shop/source.zip", hex.EncodeToString(h.Sum(nil)))
+	_, err := Fetch(t.Context(), f, fetchOpts(filepath.Join(t.TempDir(), "src")))
+	require.NoError(t, err)
+	assert.Equal(t, 1, f.Downloads)
 }

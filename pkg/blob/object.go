@@ -23,17 +23,20 @@ type Object struct {
 	ETag string
 	// MD5 is the blob's Content-MD5, when set.
 	MD5 []byte
-	// CRC64 is berth's CRC-64 metadata (hex), when set.
+	// CRC32C is berth's CRC-32C metadata (hex), when set.
+	CRC32C string
+	// CRC64 is the CRC-64 metadata (hex) of blobs berth uploaded before it
+	// recorded CRC-32C, when set.
 	CRC64 string
 }
 
 // UploadOptions describe a blob being written.
 type UploadOptions struct {
 	ContentType string
-	// CRC64 is the file's, computed as it was written; UploadFile records
+	// CRC32C is the file's, computed as it was written; UploadFile records
 	// it on the blob. The MD5 of a Put Blob is the service's own (a block
 	// upload records none).
-	CRC64 []byte
+	CRC32C []byte
 	// Progress, when set, is told how many bytes UploadFile has sent; the
 	// count may go down when a request is retried.
 	Progress func(sent int64)

@@ -23,7 +23,7 @@ type Sink interface {
 	Upload(ctx context.Context, container, name string, body io.Reader, o UploadOptions) error
 	// UploadFile writes the file f to container/name as the SDK's UploadFile
 	// does: one Put Blob up to 256 MiB, blocks read from the file above.
-	// o.CRC64 must be the file's.
+	// o.CRC32C must be the file's.
 	UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"hash/crc64"
 	"io"
 	"net/http"
@@ -26,12 +27,20 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
 )
 
-// MetadataCRC64 is the blob metadata key holding the CRC-64 (ECMA, hex) of
-// a blob berth uploaded; fetch checks it when present.
-const MetadataCRC64 = "berthcrc64"
+// The blob metadata keys of berth's checksums (hex). berth records the
+// CRC-32C (Castagnoli) of what it uploads: computed in hardware, it costs a
+// few milliseconds for a 200 MiB result, where CRC-64 took 0.13 s and
+// slowed the zip. fetch checks it, or the CRC-64 of blobs berth uploaded
+// before, when present.
+const (
+	MetadataCRC32C = "berthcrc32c"
+	MetadataCRC64  = "berthcrc64"
+)
 
-// crcTable is the CRC-64 berth records and checks.
-var crcTable = crc64.MakeTable(crc64.ECMA)
+var (
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+	crcTable   = crc64.MakeTable(crc64.ECMA)
+)
 
 // StoreOptions tune the Azure client.
 type StoreOptions struct {
@@ -157,7 +166,11 @@ func (s *AzureStore) Download(ctx context.Context, container, name string, offse
 		obj.MD5 = resp.ContentMD5
 	}
 	for k, v := range resp.Metadata {
-		if strings.EqualFold(k, MetadataCRC64) && v != nil {
+		switch {
+		case v == nil:
+		case strings.EqualFold(k, MetadataCRC32C):
+			obj.CRC32C = *v
+		case strings.EqualFold(k, MetadataCRC64):
 			obj.CRC64 = *v
 		}
 	}
@@ -179,14 +192,14 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 		h.BlobContentType = &o.ContentType
 	}
 	meta := map[string]*string{}
-	hr := &hashingReader{r: body, md5: md5.New(), crc: crc64.New(crcTable)}
+	hr := &hashingReader{r: body, md5: md5.New(), crc: crc32.New(castagnoli)}
 	// The SDK commits the block list after the body reached EOF and reads
 	// the headers and metadata only then: hashingReader fills them in at
 	// EOF.
 	hr.atEOF = func() {
 		h.BlobContentMD5 = hr.md5.Sum(nil)
 		c := hex.EncodeToString(hr.crc.Sum(nil))
-		meta[MetadataCRC64] = &c
+		meta[MetadataCRC32C] = &c
 	}
 	_, err := s.client.UploadStream(ctx, container, name, hr, &blockblob.UploadStreamOptions{
 		BlockSize: s.blockSize, Concurrency: s.concurrency, HTTPHeaders: h, Metadata: meta,
@@ -205,7 +218,7 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 
 // UploadFile writes the file f to container/name with the SDK's UploadFile:
 // one Put Blob up to 256 MiB, Concurrency blocks of BlockSize read from the
-// file above. The blob's CRC-64 metadata is o.CRC64; a Put Blob's
+// file above. The blob's CRC-32C metadata is o.CRC32C; a Put Blob's
 // Content-MD5 is the service's own. The blob is replaced only when the
 // upload commits.
 func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error {
@@ -213,10 +226,10 @@ func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *
 	if o.ContentType != "" {
 		h.BlobContentType = &o.ContentType
 	}
-	c := hex.EncodeToString(o.CRC64)
+	c := hex.EncodeToString(o.CRC32C)
 	_, err := s.client.UploadFile(ctx, container, name, f, &blockblob.UploadFileOptions{
 		BlockSize: s.blockSize, Concurrency: uint16(s.concurrency), HTTPHeaders: h,
-		Metadata: map[string]*string{MetadataCRC64: &c}, Progress: o.Progress,
+		Metadata: map[string]*string{MetadataCRC32C: &c}, Progress: o.Progress,
 	})
 	if err != nil {
 		if bloberror.HasCode(err, bloberror.ContainerNotFound) {
@@ -231,7 +244,7 @@ func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *
 type hashingReader struct {
 	r     io.Reader
 	md5   hash.Hash
-	crc   hash.Hash64
+	crc   hash.Hash32
 	eof   bool
 	atEOF func()
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/md5"
 	"crypto/sha256"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -103,13 +104,20 @@ func TestProjectRoundTrip(t *testing.T) {
 	assert.Contains(t, log, "built 5 entries\n")
 	assert.Contains(t, log, "warning\n")
 
-	// berth-blob records the CRC-64 of what it uploads; a small result is
+	// berth-blob records the CRC-32C of what it uploads; a small result is
 	// spooled and sent in one Put Blob, whose MD5 the service records.
 	props, err := e.client.ServiceClient().NewContainerClient("projects").NewBlobClient(blob.ResultName("shop")).GetProperties(t.Context(), nil)
 	require.NoError(t, err)
-	sum := md5.Sum(e.download(t, "projects", blob.ResultName("shop")))
+	result := e.download(t, "projects", blob.ResultName("shop"))
+	sum := md5.Sum(result)
 	assert.Equal(t, sum[:], props.ContentMD5)
-	assert.NotEmpty(t, props.Metadata, "CRC-64 metadata")
+	var crc string
+	for k, v := range props.Metadata {
+		if strings.EqualFold(k, blob.MetadataCRC32C) && v != nil {
+			crc = *v
+		}
+	}
+	assert.Equal(t, fmt.Sprintf("%08x", crc32.Checksum(result, crc32.MakeTable(crc32.Castagnoli))), crc, "CRC-32C metadata")
 	assert.Equal(t, "application/zip", *props.ContentType)
 
 	// And fetch checks them: the result fetched back is the project again.
