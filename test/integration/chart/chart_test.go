@@ -133,6 +133,36 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 	}
 }
 
+// TestChartWithCertManager renders the chart with cert-manager issuing the
+// webhook certificate: an Issuer and a Certificate for the Service, the CA
+// injector's annotation on both configurations, and berth's own rotator
+// off. (cert-manager is not installed here, so nothing is created.)
+func TestChartWithCertManager(t *testing.T) {
+	env := framework.Cluster(t)
+	root, err := localcluster.RepoRoot(".")
+	require.NoError(t, err)
+	objs := render(t, env, filepath.Join(root, "charts", "berth"), "--set", "webhook.certManager.enabled=true")
+	kinds := map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		kinds[o.GetKind()+"/"+o.GetName()] = o
+	}
+	require.Contains(t, kinds, "Issuer/berth-selfsigned")
+	cert := kinds["Certificate/berth-webhook"]
+	require.NotNil(t, cert)
+	dns, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
+	assert.Contains(t, dns, "berth-webhook."+namespace+".svc")
+	secret, _, _ := unstructured.NestedString(cert.Object, "spec", "secretName")
+	assert.Equal(t, "berth-webhook-cert", secret, "the Secret berth-manager mounts")
+	for _, k := range []string{"MutatingWebhookConfiguration/berth", "ValidatingWebhookConfiguration/berth"} {
+		require.Contains(t, kinds, k)
+		assert.Equal(t, namespace+"/berth-webhook", kinds[k].GetAnnotations()["cert-manager.io/inject-ca-from"], k)
+	}
+	containers, _, _ := unstructured.NestedSlice(kinds["Deployment/berth-manager"].Object, "spec", "template", "spec", "containers")
+	require.Len(t, containers, 1)
+	args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+	assert.Contains(t, args, "--rotate-certs=false")
+}
+
 // checkWebhookConfigurations compares the chart's webhook configurations
 // with the ones berth-manager builds for a Service endpoint.
 func checkWebhookConfigurations(t *testing.T, byKind map[string][]*unstructured.Unstructured) {
@@ -189,14 +219,15 @@ func helm(t *testing.T, env *framework.ClusterEnv, args ...string) []byte {
 }
 
 // render is `helm template` of the chart into the release namespace,
-// without the CRDs (the cluster has them), as objects.
-func render(t *testing.T, env *framework.ClusterEnv, chart string) []*unstructured.Unstructured {
+// without the CRDs (the cluster has them), as objects; args are more helm
+// flags.
+func render(t *testing.T, env *framework.ClusterEnv, chart string, args ...string) []*unstructured.Unstructured {
 	t.Helper()
 	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
 	require.NoError(t, err)
 	v, err := dc.ServerVersion()
 	require.NoError(t, err)
-	out := helm(t, env, "template", "berth", chart, "--namespace", namespace, "--kube-version", v.GitVersion)
+	out := helm(t, env, append([]string{"template", "berth", chart, "--namespace", namespace, "--kube-version", v.GitVersion}, args...)...)
 	var objs []*unstructured.Unstructured
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
 	for {
