@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"berth.dev/berth/pkg/localcluster"
 )
 
 // The defaults of Options.
@@ -53,8 +55,8 @@ type Options struct {
 	Arch string
 	// CACerts is the CA bundle copied into the image.
 	CACerts string
-	// Dir is the module's root; default: found upwards from the working
-	// directory.
+	// Dir is the repository's root; default: found upwards from the
+	// working directory.
 	Dir string
 }
 
@@ -125,9 +127,9 @@ func (o *Options) check() error {
 		return fmt.Errorf("--arch %q is not supported; use one of %v", o.Arch, archs)
 	}
 	if o.Dir == "" {
-		dir, err := moduleRoot()
+		dir, err := localcluster.RepoRoot(".")
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: run from berth's clone", err)
 		}
 		o.Dir = dir
 	}
@@ -135,24 +137,6 @@ func (o *Options) check() error {
 		return fmt.Errorf("--binary %q: no folder cmd/%s in %s; use one of berth's binaries, for example berth-blob", o.Binary, o.Binary, o.Dir)
 	}
 	return nil
-}
-
-// moduleRoot is the nearest folder upwards with a go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory: run from berth's clone")
-		}
-		dir = parent
-	}
 }
 
 // goBuild builds a static, reproducible binary: no cgo, no paths, no build

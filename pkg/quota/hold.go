@@ -145,7 +145,6 @@ func (l *Ledger) AdmitHeld(org *berthv1alpha1.Organization, namespace string, en
 	}
 	token := NewToken()
 	entry.UID = types.UID(token)
-	entry.Namespace, entry.Name = namespace, tokenMark+token
 	if !l.takeHeld(org, TokenKey(namespace, token), entry) {
 		return "", false
 	}

@@ -209,6 +209,9 @@ func checkSchedulerConfig(t *testing.T, root string, cms []*unstructured.Unstruc
 // helm runs the pinned helm from the tool cache.
 func helm(t *testing.T, env *framework.ClusterEnv, args ...string) []byte {
 	t.Helper()
+	if _, err := os.Stat(env.Tools.Helm); err != nil {
+		t.Fatalf("helm is not in the tool cache (%v): run `make tools`", err)
+	}
 	cmd := exec.CommandContext(t.Context(), env.Tools.Helm, args...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
 	var stderr bytes.Buffer
