@@ -19,6 +19,10 @@ var (
 		Help:    "Time to decide one admission, by kind and phase (mutate, validate).",
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 	}, []string{"kind", "phase"})
+	mutations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_webhook_mutations_total",
+		Help: "Objects the mutating webhooks allowed, by kind and result (patched, or unchanged when berth found nothing to do).",
+	}, []string{"kind", "result"})
 	ledgerWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "berth_webhook_quota_write_seconds",
 		Help:    "Time of one quota ledger write on the API server; one write commits a batch of reservations.",
@@ -40,5 +44,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(admissions, denials, latency, ledgerWrites, ledgerBatch, heldAdmissions, quotaConflicts)
+	metrics.Registry.MustRegister(admissions, denials, latency, mutations, ledgerWrites, ledgerBatch, heldAdmissions, quotaConflicts)
 }

@@ -1,6 +1,7 @@
 package webhooks
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"time"
@@ -52,17 +53,36 @@ func Setup(mgr ctrl.Manager, srv webhook.Server, cfg Config, kinds []string) err
 				}
 			}
 			w := &PodWebhook{Resolver: resolver, Ledger: ledger}
-			srv.Register(PathMutatePod, admission.WithDefaulter[*corev1.Pod](mgr.GetScheme(), w))
+			srv.Register(PathMutatePod, countPatches("Pod", admission.WithDefaulter[*corev1.Pod](mgr.GetScheme(), w)))
 			srv.Register(PathValidatePod, admission.WithValidator[*corev1.Pod](mgr.GetScheme(), w))
 		case "job":
 			w := &JobWebhook{Resolver: resolver}
-			srv.Register(PathMutateJob, admission.WithDefaulter[*batchv1.Job](mgr.GetScheme(), w))
+			srv.Register(PathMutateJob, countPatches("Job", admission.WithDefaulter[*batchv1.Job](mgr.GetScheme(), w)))
 			srv.Register(PathValidateJob, admission.WithValidator[*batchv1.Job](mgr.GetScheme(), w))
 		default:
 			return fmt.Errorf("webhook kind %q is unknown; use %v", k, Kinds)
 		}
 	}
 	return nil
+}
+
+// countPatches counts a mutating webhook's allowed responses by whether they
+// changed the object. On a Job's Pod, whose template berth already mutated,
+// the Pod webhook finds nothing to do.
+func countPatches(kind string, wh *admission.Webhook) *admission.Webhook {
+	inner := wh.Handler
+	wh.Handler = admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
+		resp := inner.Handle(ctx, req)
+		if resp.Allowed {
+			result := "unchanged"
+			if len(resp.Patches) > 0 {
+				result = "patched"
+			}
+			mutations.WithLabelValues(kind, result).Inc()
+		}
+		return resp
+	})
+	return wh
 }
 
 // replicaName names this process's quota holds: the host (the Pod's name in

@@ -29,6 +29,8 @@ func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
 	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(5))
 	ns := env.Namespace(t, org.Name)
 
+	patchedBefore, unchangedBefore := podMutations(t, "patched"), podMutations(t, "unchanged")
+
 	job := testutil.Job("build").Namespace(ns).Class(berthv1alpha1.ClassBuild).User("ana").Project("shop").
 		Command("mvn", "package").Obj()
 	env.Create(t, job)
@@ -58,6 +60,10 @@ func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
 		err := env.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{"job-name": "build"})
 		return len(pods.Items) > 0, err
 	})
+	// The API server called the real Pod webhook before it stored the Pod,
+	// and the webhook answered with no patch.
+	assert.Equal(t, patchedBefore, podMutations(t, "patched"), "Pods the Pod webhook patched")
+	assert.Equal(t, unchangedBefore+1, podMutations(t, "unchanged"), "Pods the Pod webhook left unchanged")
 	pod := pods.Items[0].DeepCopy()
 	again := pod.DeepCopy()
 	target := webhooks.Target{Class: berthv1alpha1.ClassBuild, Org: org, Config: webhooks.Config{Keys: keys}}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"berth.dev/berth/test/framework"
 )
 
@@ -33,4 +35,13 @@ func setup(t *testing.T) *framework.ClusterEnv {
 		}
 	})
 	return env
+}
+
+// podMutations reads berth-manager's count of Pods the Pod mutating webhook
+// allowed with the given result: "patched" or "unchanged".
+func podMutations(t *testing.T, result string) float64 {
+	t.Helper()
+	n, err := manager.MetricValue("berth_webhook_mutations_total", `kind="Pod"`, `result="`+result+`"`)
+	require.NoError(t, err)
+	return n
 }

@@ -62,9 +62,11 @@ func TestTenantComesFromTheNamespace(t *testing.T) {
 	org := newOrg(t, env, testutil.Org(orgName()))
 	ns := env.Namespace(t, org.Name)
 
+	patched := podMutations(t, "patched")
 	pod := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Label(berthv1alpha1.LabelOrg, "someone-else").Obj()
 	env.Create(t, pod)
 	assert.Equal(t, org.Name, pod.Labels[berthv1alpha1.LabelOrg], "the user's org label is overwritten")
+	assert.Equal(t, patched+1, podMutations(t, "patched"), "a bare labelled Pod is patched")
 
 	unlabelled := env.Namespace(t, "")
 	err := env.Client.Create(t.Context(), testutil.Pod("ws").Namespace(unlabelled).Class(berthv1alpha1.ClassWorkspace).Obj())
