@@ -163,3 +163,27 @@ func volume(vs []corev1.Volume, name string) *corev1.Volume {
 	}
 	return nil
 }
+
+func TestBuildGetsTheOrgsCache(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()).BuildCacheClaim("m2-cache").BuildScratch("5Gi", "8Gi"))
+	ns := env.Namespace(t, org.Name)
+
+	job := testutil.Job("cached").Namespace(ns).Class(berthv1alpha1.ClassBuild).Command("gradle", "build").Obj()
+	env.Create(t, job)
+	spec := job.Spec.Template.Spec
+	cache := volume(spec.Volumes, webhooks.CacheVolume)
+	require.NotNil(t, cache, "cache volume")
+	require.NotNil(t, cache.PersistentVolumeClaim, "the cache is the org's PVC")
+	assert.Equal(t, "m2-cache", cache.PersistentVolumeClaim.ClaimName)
+	scratch := volume(spec.Volumes, webhooks.ScratchVolume)
+	require.NotNil(t, scratch, "scratch volume")
+	assert.Equal(t, "8Gi", scratch.EmptyDir.SizeLimit.String(), "the org's scratch limit")
+	main := spec.Containers[0]
+	assert.Equal(t, "5Gi", ptr.To(main.Resources.Requests[corev1.ResourceEphemeralStorage]).String())
+	assert.Equal(t, "8Gi", ptr.To(main.Resources.Limits[corev1.ResourceEphemeralStorage]).String())
+	assert.Contains(t, main.VolumeMounts, corev1.VolumeMount{Name: webhooks.CacheVolume, MountPath: webhooks.CacheMountPath})
+	assert.Contains(t, main.VolumeMounts, corev1.VolumeMount{Name: webhooks.ScratchVolume, MountPath: "/workspace"})
+	assert.Contains(t, main.Env, corev1.EnvVar{Name: "MAVEN_OPTS", Value: "-Dmaven.repo.local=/cache/m2"})
+	assert.Contains(t, main.Env, corev1.EnvVar{Name: "GRADLE_USER_HOME", Value: "/cache/gradle"})
+}

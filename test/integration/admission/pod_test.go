@@ -89,6 +89,23 @@ func TestTenantComesFromTheNamespace(t *testing.T) {
 	assert.Empty(t, plain.Spec.SecurityContext, "objects without berth.dev/class are never touched")
 }
 
+func TestSystemNamespacesAreNeverTouched(t *testing.T) {
+	env := setup(t)
+	for _, ns := range []string{"kube-system", "berth-system"} {
+		t.Run(ns, func(t *testing.T) {
+			// The namespace has no berth.dev/org label: were berth called, it
+			// would deny the Pod.
+			pod := testutil.Pod("labelled-" + rand.String(5)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
+			env.Create(t, pod)
+			t.Cleanup(func() { _ = env.Client.Delete(context.WithoutCancel(t.Context()), pod, client.GracePeriodSeconds(0)) })
+			assert.Empty(t, pod.Labels[berthv1alpha1.LabelOrg])
+			assert.Empty(t, pod.Spec.SecurityContext, "no hardening")
+			assert.Empty(t, pod.Spec.Containers[0].Resources, "no class defaults")
+			assert.Nil(t, pod.Spec.Affinity, "no placement")
+		})
+	}
+}
+
 func TestResourcesAreDefaultedAndCapped(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).
