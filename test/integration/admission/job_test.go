@@ -139,8 +139,11 @@ func TestUsersCannotReleaseTheirOwnQueuedBuild(t *testing.T) {
 	require.NoError(t, err)
 	got := &batchv1.Job{}
 	require.NoError(t, ana.Get(t.Context(), client.ObjectKeyFromObject(job), got))
+	// A merge patch, as kubectl patch sends: no resourceVersion, so the Job
+	// controller's status writes cannot make it fail with a conflict first.
+	unsuspend := client.MergeFrom(got.DeepCopy())
 	got.Spec.Suspend = ptr.To(false)
-	err = ana.Update(t.Context(), got)
+	err = ana.Patch(t.Context(), got, unsuspend)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "spec.suspend: Forbidden")
 	assert.Contains(t, err.Error(), "berth releases queued builds in the order they came")
