@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -138,7 +139,14 @@ func TestUsersCannotReleaseTheirOwnQueuedBuild(t *testing.T) {
 	ana, err := client.New(cfg, client.Options{Scheme: env.Scheme})
 	require.NoError(t, err)
 	got := &batchv1.Job{}
-	require.NoError(t, ana.Get(t.Context(), client.ObjectKeyFromObject(job), got))
+	// The API server's RBAC cache takes a moment to see the new binding.
+	framework.Eventually(t, 30*time.Second, "ana to read the Job", func(ctx context.Context) (bool, error) {
+		err := ana.Get(ctx, client.ObjectKeyFromObject(job), got)
+		if apierrors.IsForbidden(err) {
+			return false, nil
+		}
+		return err == nil, err
+	})
 	// A merge patch, as kubectl patch sends: no resourceVersion, so the Job
 	// controller's status writes cannot make it fail with a conflict first.
 	unsuspend := client.MergeFrom(got.DeepCopy())
