@@ -121,21 +121,22 @@ func BenchmarkAdmissionLatency(b *testing.B) {
 			}
 		}
 	}
-	for _, phase := range []string{"mutate", "validate"} {
-		sum, _ := mgr.MetricValue("berth_webhook_duration_seconds_sum", `kind="Pod"`, `phase="`+phase+`"`)
-		n, _ := mgr.MetricValue("berth_webhook_duration_seconds_count", `kind="Pod"`, `phase="`+phase+`"`)
+	// berth's decision, then the whole HTTP handler as controller-runtime
+	// times it (decoding the review, the decision, the JSON patch). What the
+	// API server sees beyond that is the transport and its own work.
+	for _, h := range []struct {
+		what, histogram string
+		labels          []string
+	}{
+		{"Pod mutate", "berth_webhook_duration_seconds", []string{`kind="Pod"`, `phase="mutate"`}},
+		{"Pod validate", "berth_webhook_duration_seconds", []string{`kind="Pod"`, `phase="validate"`}},
+		{"handler /mutate-pod", "controller_runtime_webhook_latency_seconds", []string{`webhook="/mutate-pod"`}},
+		{"handler /validate-pod", "controller_runtime_webhook_latency_seconds", []string{`webhook="/validate-pod"`}},
+	} {
+		sum, _ := mgr.MetricValue(h.histogram+"_sum", h.labels...)
+		n, _ := mgr.MetricValue(h.histogram+"_count", h.labels...)
 		if n > 0 {
-			b.Logf("inside berth-manager, Pod %s: mean %.2f ms over %.0f calls", phase, 1000*sum/n, n)
-		}
-	}
-	// The whole HTTP handler, as controller-runtime times it: decoding the
-	// review, berth's decision and the JSON patch. What the API server sees
-	// beyond it is the transport and the API server's own work.
-	for _, path := range []string{"/mutate-pod", "/validate-pod"} {
-		sum, _ := mgr.MetricValue("controller_runtime_webhook_latency_seconds_sum", `webhook="`+path+`"`)
-		n, _ := mgr.MetricValue("controller_runtime_webhook_latency_seconds_count", `webhook="`+path+`"`)
-		if n > 0 {
-			b.Logf("inside berth-manager, handler %s: mean %.2f ms over %.0f calls", path, 1000*sum/n, n)
+			b.Logf("inside berth-manager, %s: mean %.2f ms over %.0f calls", h.what, 1000*sum/n, n)
 		}
 	}
 	for _, m := range []string{"berth_webhook_quota_write_seconds", "berth_webhook_quota_batch_size"} {
