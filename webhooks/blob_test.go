@@ -63,7 +63,7 @@ func TestMutatePodInjectsBlob(t *testing.T) {
 		assert.True(t, *sc.ReadOnlyRootFilesystem, c.Name)
 		assert.Equal(t, map[corev1.ResourceName]string{cpu: "2", mem: "4Gi"}, quantities(c.Resources.Requests), c.Name)
 	}
-	assert.Empty(t, webhooks.ValidatePod(&got.Spec, withProject(blobTarget(t), "shop"), field.NewPath("spec")))
+	assert.Empty(t, webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, withProject(blobTarget(t), "shop"), field.NewPath("spec")))
 }
 
 func withProject(t webhooks.Target, p string) webhooks.Target {
@@ -111,7 +111,7 @@ func TestValidatePodDeniesBuildWithoutCommand(t *testing.T) {
 	pod := testutil.Pod("b").Class(build).Project("shop").Obj()
 	tgt := withProject(blobTarget(t), "shop")
 	got := mutate(t, pod, tgt)
-	errs := webhooks.ValidatePod(&got.Spec, tgt, field.NewPath("spec"))
+	errs := webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, tgt, field.NewPath("spec"))
 	require.Len(t, errs, 1)
 	assert.Equal(t, "spec.containers[0].command", errs[0].Field)
 	assert.Equal(t, field.ErrorTypeRequired, errs[0].Type)
@@ -119,12 +119,13 @@ func TestValidatePodDeniesBuildWithoutCommand(t *testing.T) {
 	assert.Contains(t, errs[0].Detail, "set command (and args)")
 
 	bad := withProject(blobTarget(t), "..")
-	errs = webhooks.ValidatePod(&testutil.Pod("b").Class(build).Command("make").Obj().Spec, bad, field.NewPath("spec"))
+	badPod := mutate(t, testutil.Pod("b").Class(build).Command("make").Obj(), bad)
+	errs = webhooks.ValidatePod(&badPod.ObjectMeta, &badPod.Spec, bad, field.NewPath("spec"))
 	require.Len(t, errs, 1)
 	assert.Equal(t, "metadata.labels[berth.dev/project]", errs[0].Field)
 
 	// Without blob settings, a build needs no command.
-	assert.Empty(t, webhooks.ValidatePod(&got.Spec, withProject(target(t, build, testOrg().Obj()), "shop"), field.NewPath("spec")))
+	assert.Empty(t, webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, withProject(target(t, build, testOrg().Obj()), "shop"), field.NewPath("spec")))
 }
 
 // TestBlobDefaultsMatchTheAPI keeps berth-blob's defaults, which cannot

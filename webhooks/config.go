@@ -35,10 +35,6 @@ type Config struct {
 	// BlobImage is the berth-blob image injected into builds of a project
 	// (default DefaultBlobImage).
 	BlobImage string
-	// QuotaHoldSize is how many workspace slots a replica takes from an
-	// org's quota ledger at once, to admit workspaces without a write each;
-	// 0 writes the ledger on every admission.
-	QuotaHoldSize int64
 }
 
 // Resolver finds what a decision needs: the org of a namespace and the
@@ -59,13 +55,10 @@ func (r *Resolver) get(ctx context.Context, key client.ObjectKey, obj client.Obj
 	return err
 }
 
-// Target resolves the Target of an object in namespace ns with class label
-// value classValue. A nil error with a nil Target never happens.
-func (r *Resolver) Target(ctx context.Context, ns, classValue string, path *field.Path) (*Target, *field.Error) {
-	class, ferr := ValidateClass(classValue, path)
-	if ferr != nil {
-		return nil, ferr
-	}
+// Target resolves the Target of an object of class in namespace ns: the
+// org always comes from the namespace's label, never from the object. A nil
+// error with a nil Target never happens.
+func (r *Resolver) Target(ctx context.Context, ns string, class berthv1alpha1.Class, path *field.Path) (*Target, *field.Error) {
 	var nsObj corev1.Namespace
 	if err := r.get(ctx, client.ObjectKey{Name: ns}, &nsObj); err != nil {
 		return nil, field.InternalError(path.Child("namespace"), fmt.Errorf("read namespace %s: %w", ns, err))
@@ -104,13 +97,22 @@ func (r *Resolver) Target(ctx context.Context, ns, classValue string, path *fiel
 	return t, nil
 }
 
+// OrgName returns the Organization namespace ns belongs to, "" when it has
+// none or the Organization does not exist: metrics label by it, and only
+// the platform team creates Organizations, so its values stay few.
+func (r *Resolver) OrgName(ctx context.Context, ns string) string {
+	var nsObj corev1.Namespace
+	if err := r.get(ctx, client.ObjectKey{Name: ns}, &nsObj); err != nil {
+		return ""
+	}
+	name := nsObj.Labels[berthv1alpha1.LabelOrg]
+	if name == "" || r.get(ctx, client.ObjectKey{Name: name}, &berthv1alpha1.Organization{}) != nil {
+		return ""
+	}
+	return name
+}
+
 // Skipped reports whether berth never handles objects in namespace ns.
 func (c Config) Skipped(ns string) bool {
 	return ns == "kube-system" || ns == "kube-node-lease" || ns == "kube-public" || (c.Namespace != "" && ns == c.Namespace)
-}
-
-// classOf returns the class label, trimmed.
-func classOf(labels map[string]string) (string, bool) {
-	v, ok := labels[berthv1alpha1.LabelClass]
-	return v, ok
 }

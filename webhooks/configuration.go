@@ -2,6 +2,7 @@ package webhooks
 
 import (
 	"fmt"
+	"strings"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,19 +38,42 @@ func (e Endpoint) clientConfig(path string) admissionregistrationv1.WebhookClien
 	return cc
 }
 
-// ChargedExpression is the CEL match condition of the Pod validating
-// webhook: the Pod carries AnnotationQuota.
+// ChargedExpression is the CEL condition of a Pod create the validating
+// webhook sees: the Pod carries AnnotationQuota.
 var ChargedExpression = fmt.Sprintf("has(object.metadata.annotations) && %[1]q in object.metadata.annotations && object.metadata.annotations[%[1]q] == %[2]q",
 	berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
 
-// TokenChangedExpression matches an update that changes a Pod's quota
-// token.
-var TokenChangedExpression = fmt.Sprintf("request.operation == 'UPDATE' && %s != %s",
-	labelOr("oldObject", berthv1alpha1.LabelQuotaToken), labelOr("object", berthv1alpha1.LabelQuotaToken))
+// PodUpdateExpression is the CEL condition of a Pod update the validating
+// webhook sees: berth's labels or the tolerations change, or it is an
+// ephemeral container or a resize. Every other update (status, finalizers,
+// the owner's own labels) never waits on berth.
+var PodUpdateExpression = fmt.Sprintf("request.subResource == 'ephemeralcontainers' || request.subResource == 'resize' || %s || %s || %s",
+	labelChanged(berthv1alpha1.LabelClass), labelChanged(berthv1alpha1.LabelOrg), fieldChanged("spec", "tolerations"))
 
-// labelOr is the CEL value of obj's label k, or "".
-func labelOr(obj, k string) string {
-	return fmt.Sprintf("(has(%[1]s.metadata.labels) && %[2]q in %[1]s.metadata.labels ? %[1]s.metadata.labels[%[2]q] : '')", obj, k)
+// JobUpdateExpression is the CEL condition of a Job update the validating
+// webhook sees: berth's labels, the queue's annotation, suspend, or what a
+// build runs change.
+var JobUpdateExpression = strings.Join([]string{
+	labelChanged(berthv1alpha1.LabelClass), labelChanged(berthv1alpha1.LabelOrg),
+	fmt.Sprintf("%s != %s", mapValue("oldObject", "annotations", berthv1alpha1.AnnotationQueuedAt), mapValue("object", "annotations", berthv1alpha1.AnnotationQueuedAt)),
+	fieldChanged("spec", "suspend"), fieldChanged("spec", "parallelism"), fieldChanged("spec", "completions"),
+	"oldObject.spec.template != object.spec.template",
+}, " || ")
+
+// mapValue is the CEL value of obj's metadata.labels or .annotations key k,
+// or "".
+func mapValue(obj, m, k string) string {
+	return fmt.Sprintf("(has(%[1]s.metadata.%[2]s) && %[3]q in %[1]s.metadata.%[2]s ? %[1]s.metadata.%[2]s[%[3]q] : '')", obj, m, k)
+}
+
+func labelChanged(k string) string {
+	return fmt.Sprintf("%s != %s", mapValue("oldObject", "labels", k), mapValue("object", "labels", k))
+}
+
+// fieldChanged is the CEL condition of an optional field that is set on one
+// side only, or differs.
+func fieldChanged(parent, name string) string {
+	return fmt.Sprintf("(has(oldObject.%[1]s.%[2]s) != has(object.%[1]s.%[2]s) || (has(object.%[1]s.%[2]s) && oldObject.%[1]s.%[2]s != object.%[1]s.%[2]s))", parent, name)
 }
 
 // Configurations returns berth's webhook configurations: failurePolicy Fail
@@ -66,15 +90,17 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 	namespaceSelector := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 		Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: skipped,
 	}}}
-	rule := func(group, resource string, ops ...admissionregistrationv1.OperationType) []admissionregistrationv1.RuleWithOperations {
+	rule := func(group string, resources []string, ops ...admissionregistrationv1.OperationType) []admissionregistrationv1.RuleWithOperations {
 		return []admissionregistrationv1.RuleWithOperations{{
 			Operations: ops,
 			Rule: admissionregistrationv1.Rule{
-				APIGroups: []string{group}, APIVersions: []string{"v1"}, Resources: []string{resource},
+				APIGroups: []string{group}, APIVersions: []string{"v1"}, Resources: resources,
 				Scope: ptr.To(admissionregistrationv1.NamespacedScope),
 			},
 		}}
 	}
+	pods := []string{"pods"}
+	jobs := []string{"jobs"}
 	create := admissionregistrationv1.Create
 	update := admissionregistrationv1.Update
 	fail := ptr.To(admissionregistrationv1.Fail)
@@ -85,15 +111,13 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 	mutating := &admissionregistrationv1.MutatingWebhookConfiguration{
 		ObjectMeta: metav1.ObjectMeta{Name: ConfigurationName},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name: "pods.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutatePod), Rules: rule("", "pods", create),
+			Name: "pods.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutatePod), Rules: rule("", pods, create),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
-			// A workspace admitted under a quota hold is charged here,
-			// except on dry runs.
-			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
+			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNone),
 			ReinvocationPolicy: ptr.To(admissionregistrationv1.IfNeededReinvocationPolicy),
 			ObjectSelector:     objectSelector, NamespaceSelector: namespaceSelector,
 		}, {
-			Name: "jobs.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutateJob), Rules: rule("batch", "jobs", create),
+			Name: "jobs.mutate.berth.dev", ClientConfig: e.clientConfig(PathMutateJob), Rules: rule("batch", jobs, create),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
 			SideEffects:        ptr.To(admissionregistrationv1.SideEffectClassNone),
 			ReinvocationPolicy: ptr.To(admissionregistrationv1.IfNeededReinvocationPolicy),
@@ -103,23 +127,28 @@ func Configurations(cfg Config, e Endpoint) (*admissionregistrationv1.MutatingWe
 	validating := &admissionregistrationv1.ValidatingWebhookConfiguration{
 		ObjectMeta: metav1.ObjectMeta{Name: ConfigurationName},
 		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
-			Name: "pods.validate.berth.dev", ClientConfig: e.clientConfig(PathValidatePod), Rules: rule("", "pods", create, update),
+			Name: "pods.validate.berth.dev", ClientConfig: e.clientConfig(PathValidatePod),
+			Rules:         rule("", []string{"pods", "pods/ephemeralcontainers", "pods/resize"}, create, update),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
 			// The quota ledger is written, except on dry runs.
 			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNoneOnDryRun),
 			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
 			// Only creates of Pods the mutating webhook marked as counting
 			// against a limit (the others were checked there, and cost one
-			// call), and updates that change a quota token.
+			// call), and the updates berth decides on.
 			MatchConditions: []admissionregistrationv1.MatchCondition{{
-				Name:       "charged-or-token-changed",
-				Expression: fmt.Sprintf("(request.operation == 'CREATE' && %s) || (%s)", ChargedExpression, TokenChangedExpression),
+				Name:       "charged-or-guarded",
+				Expression: fmt.Sprintf("(request.operation == 'CREATE' && %s) || (request.operation == 'UPDATE' && (%s))", ChargedExpression, PodUpdateExpression),
 			}},
 		}, {
-			Name: "jobs.validate.berth.dev", ClientConfig: e.clientConfig(PathValidateJob), Rules: rule("batch", "jobs", create, update),
+			Name: "jobs.validate.berth.dev", ClientConfig: e.clientConfig(PathValidateJob), Rules: rule("batch", jobs, create, update),
 			FailurePolicy: fail, MatchPolicy: equivalent, TimeoutSeconds: timeout, AdmissionReviewVersions: versions,
 			SideEffects:    ptr.To(admissionregistrationv1.SideEffectClassNone),
 			ObjectSelector: objectSelector, NamespaceSelector: namespaceSelector,
+			MatchConditions: []admissionregistrationv1.MatchCondition{{
+				Name:       "create-or-guarded",
+				Expression: fmt.Sprintf("request.operation == 'CREATE' || %s", JobUpdateExpression),
+			}},
 		}},
 	}
 	return mutating, validating

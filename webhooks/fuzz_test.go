@@ -82,7 +82,7 @@ func FuzzMutatePod(f *testing.F) {
 		// Validating the raw Pod, as a Pod berth did not mutate, must not
 		// panic either.
 		raw := pod.DeepCopy()
-		_ = webhooks.ValidatePod(&raw.Spec, tgt, field.NewPath("spec"))
+		_ = webhooks.ValidatePod(&raw.ObjectMeta, &raw.Spec, tgt, field.NewPath("spec"))
 
 		once := pod.DeepCopy()
 		webhooks.MutatePod(&once.ObjectMeta, &once.Spec, tgt)
@@ -94,7 +94,7 @@ func FuzzMutatePod(f *testing.F) {
 		if once.Labels[berthv1alpha1.LabelOrg] != tgt.Org.Name {
 			t.Fatalf("org label is %q, want %q", once.Labels[berthv1alpha1.LabelOrg], tgt.Org.Name)
 		}
-		_ = webhooks.ValidatePod(&once.Spec, tgt, field.NewPath("spec"))
+		_ = webhooks.ValidatePod(&once.ObjectMeta, &once.Spec, tgt, field.NewPath("spec"))
 	})
 }
 

@@ -6,23 +6,21 @@ import (
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 )
 
-// AnnotationQueuedAt marks a build Job berth queued, with the time it was
-// admitted; queued builds are released oldest first.
-const AnnotationQueuedAt = "berth.dev/queued-at"
-
 // JobWebhook mutates labelled Jobs' pod templates, queues builds, and keeps
-// users from releasing their own queued builds.
+// users from releasing or changing their queued builds.
 type JobWebhook struct {
 	Resolver *Resolver
-	Now      func() time.Time
+	Clock    clock.PassiveClock
 }
 
 var (
@@ -57,7 +55,7 @@ func (w *JobWebhook) Default(ctx context.Context, job *batchv1.Job) error {
 	if t.Class == berthv1alpha1.ClassBuild && d.operation == "CREATE" {
 		job.Spec.Suspend = ptr.To(true)
 		// berth's clock decides the order, never a value the user wrote.
-		setAnnotation(&job.ObjectMeta, AnnotationQueuedAt, w.now().UTC().Format(time.RFC3339Nano))
+		setAnnotation(&job.ObjectMeta, berthv1alpha1.AnnotationQueuedAt, w.Clock.Now().UTC().Format(time.RFC3339Nano))
 	}
 	return d.allow()
 }
@@ -76,23 +74,27 @@ func (w *JobWebhook) ValidateCreate(ctx context.Context, job *batchv1.Job) (admi
 	if t.Project == "" {
 		t.Project = job.Labels[berthv1alpha1.LabelProject]
 	}
-	if errs := ValidatePod(&job.Spec.Template.Spec, *t, field.NewPath("spec", "template", "spec")); len(errs) > 0 {
-		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(jobKind, job.Name, errs))
+	tmpl := &job.Spec.Template
+	if errs, reason := validatePod(&tmpl.ObjectMeta, &tmpl.Spec, *t, field.NewPath("spec", "template", "spec")); len(errs) > 0 {
+		return nil, d.deny(reason, apierrors.NewInvalid(jobKind, job.Name, errs))
 	}
 	return nil, d.allow()
 }
 
-// ValidateUpdate keeps the build queue berth's: only berth-manager
-// unsuspends a queued build or changes its place in the queue.
+// ValidateUpdate keeps berth's labels fixed, and the build queue berth's:
+// only berth-manager releases a queued build, and no one changes a build's
+// place in the queue or what it runs. The API server calls it only for
+// updates that touch any of these (see Configurations), so the garbage
+// collector's and the Job controller's updates never wait on berth.
 func (w *JobWebhook) ValidateUpdate(ctx context.Context, old, job *batchv1.Job) (admission.Warnings, error) {
 	d := begin(ctx, "Job", "validate", job.Name)
-	// Judge by the stored Job: dropping the label in the same update must not
-	// open the way.
-	if d.skip(w.Resolver.Config, old.Labels) {
-		return nil, nil
+	d.class = old.Labels[berthv1alpha1.LabelClass]
+	d.org = w.Resolver.OrgName(ctx, d.namespace)
+	errs := ValidateSystemLabels(old.Labels, job.Labels, field.NewPath("metadata", "labels"))
+	if len(errs) > 0 {
+		return nil, d.deny(reasonLabels, apierrors.NewInvalid(jobKind, job.Name, errs))
 	}
-	d.org = old.Labels[berthv1alpha1.LabelOrg]
-	errs := QueueChanges(old, job)
+	errs = QueueChanges(old, job)
 	if len(errs) == 0 {
 		return nil, nil
 	}
@@ -100,29 +102,37 @@ func (w *JobWebhook) ValidateUpdate(ctx context.Context, old, job *batchv1.Job) 
 	if err == nil && req.UserInfo.Username == w.Resolver.Config.ManagerUsername {
 		return nil, d.allow()
 	}
-	return nil, d.deny("queue", apierrors.NewInvalid(jobKind, job.Name, errs))
+	return nil, d.deny(reasonQueue, apierrors.NewInvalid(jobKind, job.Name, errs))
 }
 
-// QueueChanges lists what an update does to a queued build that only berth
-// may do: unsuspend it, or change its class label or queued-at annotation.
+// QueueChanges lists what an update does to a berth build that only berth
+// may do: unsuspend it while it is queued, move its place in the queue, or
+// change what it runs (its pod template, parallelism or completions).
 func QueueChanges(old, job *batchv1.Job) field.ErrorList {
-	if old.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) || old.Annotations[AnnotationQueuedAt] == "" {
+	queuedAt := old.Annotations[berthv1alpha1.AnnotationQueuedAt]
+	if old.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) || queuedAt == "" {
 		return nil
 	}
 	var errs field.ErrorList
-	org := old.Labels[berthv1alpha1.LabelOrg]
+	spec := field.NewPath("spec")
 	if ptr.Deref(old.Spec.Suspend, false) && !ptr.Deref(job.Spec.Suspend, false) {
-		errs = append(errs, field.Forbidden(field.NewPath("spec", "suspend"), fmt.Sprintf(
-			"build Job %s is queued for a build slot of Organization %q (spec.maxConcurrentBuilds); berth releases queued builds in the order they came (queued at %s); wait for it, or delete it",
-			job.Name, org, old.Annotations[AnnotationQueuedAt])))
+		errs = append(errs, field.Forbidden(spec.Child("suspend"), fmt.Sprintf(
+			"build Job %s is queued for a build slot of its Organization (spec.maxConcurrentBuilds); berth releases queued builds in the order they came (queued at %s); wait for it, or delete it",
+			job.Name, queuedAt)))
 	}
-	if job.Annotations[AnnotationQueuedAt] != old.Annotations[AnnotationQueuedAt] {
-		errs = append(errs, field.Forbidden(field.NewPath("metadata", "annotations").Key(AnnotationQueuedAt),
+	if job.Annotations[berthv1alpha1.AnnotationQueuedAt] != queuedAt {
+		errs = append(errs, field.Forbidden(field.NewPath("metadata", "annotations").Key(berthv1alpha1.AnnotationQueuedAt),
 			"berth sets a build's place in the queue; leave this annotation as it is"))
 	}
-	if job.Labels[berthv1alpha1.LabelClass] != old.Labels[berthv1alpha1.LabelClass] {
-		errs = append(errs, field.Forbidden(field.NewPath("metadata", "labels").Key(berthv1alpha1.LabelClass),
-			"the class of a queued build cannot change; delete the Job and submit it again"))
+	const resubmit = "a build cannot change once berth admitted it; delete the Job and submit the changed one"
+	if !equality.Semantic.DeepEqual(old.Spec.Template, job.Spec.Template) {
+		errs = append(errs, field.Forbidden(spec.Child("template"), resubmit))
+	}
+	if !equality.Semantic.DeepEqual(old.Spec.Parallelism, job.Spec.Parallelism) {
+		errs = append(errs, field.Forbidden(spec.Child("parallelism"), resubmit))
+	}
+	if !equality.Semantic.DeepEqual(old.Spec.Completions, job.Spec.Completions) {
+		errs = append(errs, field.Forbidden(spec.Child("completions"), resubmit))
 	}
 	return errs
 }
@@ -130,17 +140,4 @@ func QueueChanges(old, job *batchv1.Job) field.ErrorList {
 // ValidateDelete allows every deletion.
 func (w *JobWebhook) ValidateDelete(context.Context, *batchv1.Job) (admission.Warnings, error) {
 	return nil, nil
-}
-
-func (w *JobWebhook) now() time.Time {
-	if w.Now != nil {
-		return w.Now()
-	}
-	return time.Now()
-}
-
-// QueuedAt is when a queued build was admitted; zero when it is not queued.
-func QueuedAt(job *batchv1.Job) time.Time {
-	t, _ := time.Parse(time.RFC3339Nano, job.Annotations[AnnotationQueuedAt])
-	return t
 }

@@ -5,6 +5,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -13,7 +15,7 @@ import (
 
 func TestQueueChanges(t *testing.T) {
 	queued := testutil.Job("b").Class(berthv1alpha1.ClassBuild).Suspend(true).
-		Annotation(AnnotationQueuedAt, "2026-11-22T00:00:00.000000001Z").Obj()
+		Annotation(berthv1alpha1.AnnotationQueuedAt, "2026-11-22T00:00:00.000000001Z").Obj()
 	tests := []struct {
 		name   string
 		old    *batchv1.Job
@@ -22,16 +24,23 @@ func TestQueueChanges(t *testing.T) {
 	}{
 		{"unsuspend", queued, func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(false) }, []string{"spec.suspend"}},
 		{"unsuspend by clearing", queued, func(j *batchv1.Job) { j.Spec.Suspend = nil }, []string{"spec.suspend"}},
-		{"move up the queue", queued, func(j *batchv1.Job) { j.Annotations[AnnotationQueuedAt] = "2000-01-01T00:00:00Z" }, []string{"metadata.annotations[berth.dev/queued-at]"}},
+		{"move up the queue", queued, func(j *batchv1.Job) { j.Annotations[berthv1alpha1.AnnotationQueuedAt] = "2000-01-01T00:00:00Z" }, []string{"metadata.annotations[berth.dev/queued-at]"}},
 		{"drop the label and unsuspend", queued, func(j *batchv1.Job) {
 			delete(j.Labels, berthv1alpha1.LabelClass)
 			j.Spec.Suspend = ptr.To(false)
-		}, []string{"spec.suspend", "metadata.labels[berth.dev/class]"}},
+		}, []string{"spec.suspend"}}, // the label is ValidateSystemLabels'
+		{"change the template", queued, func(j *batchv1.Job) {
+			j.Spec.Template.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
+		}, []string{"spec.template"}},
+		{"change the template's labels", queued, func(j *batchv1.Job) {
+			j.Spec.Template.Labels = map[string]string{"x": "y"}
+		}, []string{"spec.template"}},
+		{"more Pods at once", queued, func(j *batchv1.Job) { j.Spec.Parallelism = ptr.To[int32](50) }, []string{"spec.parallelism"}},
 		{"suspend again", queued, func(j *batchv1.Job) {}, nil},
 		{"other edits", queued, func(j *batchv1.Job) { j.Labels["team"] = "x" }, nil},
 		{"not queued by berth", testutil.Job("b").Class(berthv1alpha1.ClassBuild).Suspend(true).Obj(),
 			func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(false) }, nil},
-		{"not a build", testutil.Job("w").Class(berthv1alpha1.ClassWorkspace).Suspend(true).Annotation(AnnotationQueuedAt, "x").Obj(),
+		{"not a build", testutil.Job("w").Class(berthv1alpha1.ClassWorkspace).Suspend(true).Annotation(berthv1alpha1.AnnotationQueuedAt, "x").Obj(),
 			func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(false) }, nil},
 	}
 	for _, tc := range tests {
@@ -41,6 +50,39 @@ func TestQueueChanges(t *testing.T) {
 			var got []string
 			for _, e := range QueueChanges(tc.old, job) {
 				got = append(got, e.Field)
+			}
+			assert.ElementsMatch(t, tc.want, got)
+		})
+	}
+}
+
+func TestValidateSystemLabels(t *testing.T) {
+	labels := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	class, org := berthv1alpha1.LabelClass, berthv1alpha1.LabelOrg
+	tests := []struct {
+		name     string
+		old, new map[string]string
+		want     []string
+	}{
+		{"unchanged", labels(class, "build", org, "acme"), labels(class, "build", org, "acme", "x", "y"), nil},
+		{"class added", labels(org, "victim"), labels(org, "victim", class, "inference"), []string{"metadata.labels[berth.dev/class]"}},
+		{"class changed", labels(class, "build"), labels(class, "workspace"), []string{"metadata.labels[berth.dev/class]"}},
+		{"class removed", labels(class, "build"), nil, []string{"metadata.labels[berth.dev/class]"}},
+		{"org changed", labels(class, "build", org, "acme"), labels(class, "build", org, "victim"), []string{"metadata.labels[berth.dev/org]"}},
+		{"org removed", labels(class, "build", org, "acme"), labels(class, "build"), []string{"metadata.labels[berth.dev/org]"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, e := range ValidateSystemLabels(tc.old, tc.new, field.NewPath("metadata", "labels")) {
+				got = append(got, e.Field)
+				assert.Contains(t, e.Detail, "cannot be added, changed or removed")
 			}
 			assert.ElementsMatch(t, tc.want, got)
 		})

@@ -12,7 +12,7 @@ var (
 	}, []string{"kind", "operation", "org", "result"})
 	denials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "berth_webhook_denials_total",
-		Help: "Denials by kind and reason (class, org, resources, security, quota, queue).",
+		Help: "Denials by kind and reason (class, org, labels, resources, security, placement, blob, quota, queue).",
 	}, []string{"kind", "reason"})
 	latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "berth_webhook_duration_seconds",
@@ -33,10 +33,6 @@ var (
 		Help:    "Reservations decided together and committed in one ledger write.",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
 	})
-	heldAdmissions = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "berth_webhook_quota_held_total",
-		Help: "Workspaces admitted by the mutating webhook under the replica's quota hold, with no ledger write and no validating call.",
-	})
 	quotaConflicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_webhook_quota_retries_total",
 		Help: "Quota ledger writes lost to another replica and decided again.",
@@ -44,5 +40,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(admissions, denials, latency, mutations, ledgerWrites, ledgerBatch, heldAdmissions, quotaConflicts)
+	metrics.Registry.MustRegister(admissions, denials, latency, mutations, ledgerWrites, ledgerBatch, quotaConflicts)
 }

@@ -13,6 +13,7 @@ import (
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/placement"
 	"berth.dev/berth/pkg/quota"
+	"berth.dev/berth/pkg/requests"
 )
 
 // Names berth gives what it adds to a Pod, so a second pass recognises them.
@@ -77,7 +78,10 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	harden(spec)
 	place(spec, t)
 	markCharged(meta, spec, t)
-	if pc := t.PriorityClass; pc != nil && (spec.PriorityClassName == "" || spec.PriorityClassName == t.GlobalDefaultPriorityClass) {
+	// berth decides the priority of its classes: whatever the Pod named is
+	// replaced (a workspace must not preempt as system-cluster-critical).
+	// Without berth's PriorityClasses, validation denies a named one.
+	if pc := t.PriorityClass; pc != nil {
 		spec.PriorityClassName = pc.Name
 		spec.Priority = ptr.To(pc.Value)
 		if pc.PreemptionPolicy != nil {
@@ -86,14 +90,11 @@ func MutatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	}
 }
 
-// markCharged sets AnnotationQuota on a Pod its org limits, and removes
-// whatever the user wrote otherwise. The validating webhook is called only
-// for marked Pods.
+// markCharged sets AnnotationQuota on a Pod its org limits (a workspace, or
+// any Pod with GPUs, builds included), and removes whatever the user wrote
+// otherwise. The validating webhook is called only for marked Pods' creates.
 func markCharged(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
-	// Only the webhook hands out quota tokens (PodWebhook.Default), never
-	// the user.
-	delete(meta.Labels, berthv1alpha1.LabelQuotaToken)
-	if t.Class != berthv1alpha1.ClassBuild && quota.Limited(t.Org, t.Class, podGPUs(spec)) {
+	if quota.Limited(t.Org, t.Class, requests.GPUs(spec)) {
 		setAnnotation(meta, berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged)
 		return
 	}
@@ -111,8 +112,8 @@ func setAnnotation(meta *metav1.ObjectMeta, k, v string) {
 var managed = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourceEphemeralStorage}
 
 // applyResourceDefaults gives containers the class defaults for resources
-// they leave unset, and a limit of the class maximum where they set only a
-// request. Inference containers that ask for no GPU get the default GPUs.
+// they leave unset (the class maximum when the org sets no default), and a
+// limit of the class maximum where they set only a request. Inference containers that ask for no GPU get the default GPUs.
 func applyResourceDefaults(spec *corev1.PodSpec, t Target) {
 	policy := t.Org.Spec.Classes.Policy(t.Class)
 	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
@@ -126,13 +127,17 @@ func applyResourceDefaults(spec *corev1.PodSpec, t Target) {
 				case !hasReq && !hasLim && def != nil:
 					setResource(&c.Resources.Requests, name, *def)
 					setResource(&c.Resources.Limits, name, *def)
+				case !hasReq && !hasLim && max != nil:
+					// A max without a default still bounds the container.
+					setResource(&c.Resources.Requests, name, *max)
+					setResource(&c.Resources.Limits, name, *max)
 				case hasReq && !hasLim && max != nil:
 					setResource(&c.Resources.Limits, name, *max)
 				}
 			}
 		}
 	}
-	if t.Class == berthv1alpha1.ClassInference && podGPUs(spec) == 0 && policy.Default != nil && policy.Default.GPUs != nil && *policy.Default.GPUs > 0 && len(spec.Containers) > 0 {
+	if t.Class == berthv1alpha1.ClassInference && requests.GPUs(spec) == 0 && policy.Default != nil && policy.Default.GPUs != nil && *policy.Default.GPUs > 0 && len(spec.Containers) > 0 {
 		q := *resource.NewQuantity(int64(*policy.Default.GPUs), resource.DecimalSI)
 		setResource(&spec.Containers[0].Resources.Requests, placement.GPUResource, q)
 		setResource(&spec.Containers[0].Resources.Limits, placement.GPUResource, q)
@@ -166,29 +171,6 @@ func setResource(l *corev1.ResourceList, name corev1.ResourceName, q resource.Qu
 	}
 	(*l)[name] = q.DeepCopy()
 }
-
-// podGPUs is the GPUs a Pod holds while it runs: the largest of its init
-// containers' and the sum of its containers' requests (or limits).
-func podGPUs(spec *corev1.PodSpec) int64 {
-	get := func(c corev1.Container) int64 {
-		if q, ok := c.Resources.Limits[placement.GPUResource]; ok {
-			return q.Value()
-		}
-		q := c.Resources.Requests[placement.GPUResource]
-		return q.Value()
-	}
-	var sum, initMax int64
-	for _, c := range spec.Containers {
-		sum += get(c)
-	}
-	for _, c := range spec.InitContainers {
-		initMax = max(initMax, get(c))
-	}
-	return max(sum, initMax)
-}
-
-// PodGPUs is the nvidia.com/gpu a Pod holds while it runs.
-func PodGPUs(spec *corev1.PodSpec) int64 { return podGPUs(spec) }
 
 // addScratch gives a build its /workspace emptyDir on the node's disk, sized
 // from the Organization, and the matching ephemeral-storage request and
@@ -327,28 +309,35 @@ func place(spec *corev1.PodSpec, t Target) {
 	keys := t.Config.Keys
 	if t.Class == berthv1alpha1.ClassInference {
 		requireNodes(spec, keys.GPU.Requirement(false))
-		if keys.GPUTaint != nil {
-			tolerate(spec, placement.Toleration(keys.GPUTaint))
+	} else {
+		if t.Class == berthv1alpha1.ClassBuild {
+			requireNodes(spec, keys.LocalSSD.Requirement(false))
 		}
-		return
-	}
-	if t.Class == berthv1alpha1.ClassBuild {
-		requireNodes(spec, keys.LocalSSD.Requirement(false))
-	}
-	switch t.Org.Spec.SpotPolicyOrDefault() {
-	case berthv1alpha1.SpotOnly:
-		requireNodes(spec, keys.Spot.Requirement(false))
-		if keys.SpotTaint != nil {
-			tolerate(spec, placement.Toleration(keys.SpotTaint))
+		switch t.Org.Spec.SpotPolicyOrDefault() {
+		case berthv1alpha1.SpotOnly:
+			requireNodes(spec, keys.Spot.Requirement(false))
+		case berthv1alpha1.PreferSpot:
+			preferNodes(spec, 100, keys.Spot.Requirement(false))
+		case berthv1alpha1.OnDemand:
+			requireNodes(spec, keys.Spot.Requirement(true))
 		}
-	case berthv1alpha1.PreferSpot:
-		preferNodes(spec, 100, keys.Spot.Requirement(false))
-		if keys.SpotTaint != nil {
-			tolerate(spec, placement.Toleration(keys.SpotTaint))
-		}
-	case berthv1alpha1.OnDemand:
-		requireNodes(spec, keys.Spot.Requirement(true))
 	}
+	for _, tol := range tolerations(t) {
+		tolerate(spec, tol)
+	}
+}
+
+// tolerations are the tolerations berth writes for a class and org, and
+// the only ones it admits besides the API server's defaults.
+func tolerations(t Target) []corev1.Toleration {
+	keys := t.Config.Keys
+	switch {
+	case t.Class == berthv1alpha1.ClassInference && keys.GPUTaint != nil:
+		return []corev1.Toleration{placement.Toleration(keys.GPUTaint)}
+	case t.Class != berthv1alpha1.ClassInference && keys.SpotTaint != nil && t.Org.Spec.SpotPolicyOrDefault() != berthv1alpha1.OnDemand:
+		return []corev1.Toleration{placement.Toleration(keys.SpotTaint)}
+	}
+	return nil
 }
 
 // requireNodes adds r to every required node selector term (they are ORed,

@@ -709,14 +709,17 @@ func TestMutatePodPriorityClass(t *testing.T) {
 			wantValue: ptr.To[int32](1000),
 		},
 		{
-			name: "Pod's own PriorityClass kept",
+			name: "the Pod's own PriorityClass is replaced",
 			pc:   &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: "berth-build"}, Value: 1000, PreemptionPolicy: &never},
 			pod: func() *corev1.Pod {
 				p := testutil.Pod("b").Obj()
-				p.Spec.PriorityClassName = "team-high"
+				p.Spec.PriorityClassName = "system-cluster-critical"
+				p.Spec.Priority = ptr.To[int32](2000000000)
 				return p
 			}(),
-			wantName: "team-high",
+			wantName:   "berth-build",
+			wantValue:  ptr.To[int32](1000),
+			wantPolicy: ptr.To(corev1.PreemptNever),
 		},
 		{
 			name: "the cluster's global default is replaced",
@@ -783,18 +786,20 @@ func TestMutatePodIdempotent(t *testing.T) {
 	}
 }
 
-// The quota mark and token are berth's: a limited workspace is marked for
-// the validating webhook, and a token the user wrote is removed from every
-// Pod (the webhook hands out its own under a hold).
+// The quota mark is berth's: a limited workspace, and a build with GPUs in
+// an org that caps GPUs, are marked for the validating webhook, and a mark
+// the user wrote is removed from every other Pod.
 func TestMutatePodQuotaMarks(t *testing.T) {
 	forged := func() *corev1.Pod {
-		return testutil.Pod("w").Label(berthv1alpha1.LabelQuotaToken, "stolen").Annotation(berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged).Obj()
+		return testutil.Pod("w").Annotation(berthv1alpha1.AnnotationQuota, berthv1alpha1.QuotaCharged).Obj()
 	}
 	limited := mutate(t, forged(), target(t, workspace, testOrg().MaxWorkspaces(5).Obj()))
 	assert.Equal(t, berthv1alpha1.QuotaCharged, limited.Annotations[berthv1alpha1.AnnotationQuota])
-	assert.NotContains(t, limited.Labels, berthv1alpha1.LabelQuotaToken)
 
 	free := mutate(t, forged(), target(t, workspace, testOrg().Obj()))
 	assert.NotContains(t, free.Annotations, berthv1alpha1.AnnotationQuota)
-	assert.NotContains(t, free.Labels, berthv1alpha1.LabelQuotaToken)
+
+	gpuBuild := testutil.Pod("b").Class(build).Command("make").Resource("nvidia.com/gpu", "1").Obj()
+	charged := mutate(t, gpuBuild, target(t, build, testOrg().MaxGPUs(4).Obj()))
+	assert.Equal(t, berthv1alpha1.QuotaCharged, charged.Annotations[berthv1alpha1.AnnotationQuota], "a build's GPUs are charged too")
 }

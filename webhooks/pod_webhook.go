@@ -4,27 +4,39 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/quota"
+	"berth.dev/berth/pkg/requests"
 )
+
+// Ledger charges Pods against their org's workspace and GPU quotas.
+type Ledger interface {
+	// Reserve charges the Pod with uid, or fails with a
+	// *quota.ExceededError.
+	Reserve(ctx context.Context, org *berthv1alpha1.Organization, uid types.UID, e quota.Entry) error
+	// Fits is Reserve without the write, for dry runs.
+	Fits(ctx context.Context, org *berthv1alpha1.Organization, uid types.UID, e quota.Entry) error
+}
 
 // PodWebhook mutates and validates labelled Pods, and charges workspace and
 // GPU quota.
 type PodWebhook struct {
 	Resolver *Resolver
-	Ledger   *quota.Ledger
-	Now      func() time.Time
+	Ledger   Ledger
 }
 
 var (
@@ -32,7 +44,10 @@ var (
 	_ admission.Validator[*corev1.Pod] = &PodWebhook{}
 )
 
-// Default is the mutating webhook.
+// Default is the mutating webhook, on creates. It also validates: the
+// validating webhook sees only the creates of Pods that count against a
+// limit, so every other Pod is checked here, as mutated. A later webhook
+// that changes the Pod makes the API server call this one again.
 func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 	d := begin(ctx, "Pod", "mutate", pod.Name)
 	if d.skip(w.Resolver.Config, pod.Labels) {
@@ -43,36 +58,7 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	MutatePod(&pod.ObjectMeta, &pod.Spec, *t)
-	// The validating webhook sees only Pods that count against a limit, so
-	// the Pod is checked here, as mutated. A later webhook that changes it
-	// makes the API server call this one again.
-	t.Project = pod.Labels[berthv1alpha1.LabelProject]
-	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
-		return d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
-	}
-	w.admitHeld(d, pod, t)
-	return d.allow()
-}
-
-// admitHeld admits a charged workspace here, under this replica's quota
-// hold, when it has a free slot: the Pod then carries a quota token in place
-// of AnnotationQuota, and the API server does not call the validating
-// webhook. Near the org's limit there are no holds, and the validating
-// webhook decides on the ledger. A later webhook that changes the Pod makes
-// the API server call this one again, which takes a second slot: the first
-// is released once no Pod carries its token (orgstatus, after Grace).
-func (w *PodWebhook) admitHeld(d *decision, pod *corev1.Pod, t *Target) {
-	if w.Ledger == nil || d.dryRun || pod.Annotations[berthv1alpha1.AnnotationQuota] != berthv1alpha1.QuotaCharged {
-		return
-	}
-	entry := quota.Entry{Class: t.Class, GPUs: PodGPUs(&pod.Spec), Admitted: w.now()}
-	token, ok := w.Ledger.AdmitHeld(t.Org, d.namespace, entry)
-	if !ok {
-		return
-	}
-	pod.Labels[berthv1alpha1.LabelQuotaToken] = token
-	delete(pod.Annotations, berthv1alpha1.AnnotationQuota)
-	heldAdmissions.Inc()
+	return w.validate(ctx, d, pod, t)
 }
 
 // ValidateCreate checks the final Pod and charges its quota. The API server
@@ -86,47 +72,173 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	if err != nil {
 		return nil, err
 	}
-	t.Project = pod.Labels[berthv1alpha1.LabelProject]
-	if errs := ValidatePod(&pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
-		return nil, d.deny(reasonOf(errs[0]), apierrors.NewInvalid(podKind, pod.Name, errs))
+	if err := w.validate(ctx, d, pod, t); err != nil {
+		return nil, err
 	}
-	gpus := PodGPUs(&pod.Spec)
-	// A build's Pods are counted at their Job, by the build queue; Pods the
-	// org sets no limit for are admitted without a ledger write.
-	if t.Class == berthv1alpha1.ClassBuild || !quota.Limited(t.Org, t.Class, gpus) {
-		return nil, d.allow()
+	gpus := requests.GPUs(&pod.Spec)
+	if !quota.Limited(t.Org, t.Class, gpus) {
+		return nil, nil
 	}
-	entry := quota.Entry{UID: pod.UID, Class: t.Class, GPUs: gpus, Admitted: w.now()}
-	key := quota.Key(d.namespace, pod.Name)
+	if pod.UID == "" {
+		return nil, d.fail(errors.New("the API server sent a Pod without a UID; berth charges quota by UID"))
+	}
+	if taken, err := w.nameTaken(ctx, pod); err != nil {
+		return nil, d.fail(err)
+	} else if taken {
+		// The API server would refuse it after berth charged it: refuse it
+		// first, and charge nothing.
+		return nil, d.deny(reasonQuota, apierrors.NewAlreadyExists(corev1.Resource("pods"), pod.Name))
+	}
+	entry := quota.Entry{Class: t.Class, GPUs: gpus}
 	if d.dryRun {
-		err = w.Ledger.Fits(ctx, t.Org, key, entry)
+		err = w.Ledger.Fits(ctx, t.Org, pod.UID, entry)
 	} else {
-		err = w.Ledger.Reserve(ctx, t.Org, key, entry)
+		err = w.Ledger.Reserve(ctx, t.Org, pod.UID, entry)
 	}
 	var exceeded *quota.ExceededError
 	if errors.As(err, &exceeded) {
-		return nil, d.deny("quota", apierrors.NewForbidden(corev1.Resource("pods"), pod.Name, exceeded))
+		return nil, d.deny(reasonQuota, apierrors.NewForbidden(corev1.Resource("pods"), pod.Name, exceeded))
 	}
 	if err != nil {
 		return nil, d.fail(err)
 	}
+	return nil, nil
+}
+
+// validate runs ValidatePod on a mutated Pod, and, for a build, checks that
+// it belongs to a build Job berth admitted. It records the decision.
+func (w *PodWebhook) validate(ctx context.Context, d *decision, pod *corev1.Pod, t *Target) error {
+	t.Project = pod.Labels[berthv1alpha1.LabelProject]
+	if errs, reason := validatePod(&pod.ObjectMeta, &pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
+		return d.deny(reason, apierrors.NewInvalid(podKind, pod.Name, errs))
+	}
+	if t.Class == berthv1alpha1.ClassBuild {
+		ferr, err := w.checkBuildOwner(ctx, d.namespace, &pod.ObjectMeta)
+		if err != nil {
+			return d.fail(err)
+		}
+		if ferr != nil {
+			return d.deny(reasonQueue, apierrors.NewInvalid(podKind, pod.Name, field.ErrorList{ferr}))
+		}
+	}
+	return d.allow()
+}
+
+// checkBuildOwner makes every build go through the queue: a build Pod must
+// be controlled by a build Job berth admitted (one carrying
+// AnnotationQueuedAt), never a bare Pod or the Pod of a Job that only its
+// template labels a build.
+func (w *PodWebhook) checkBuildOwner(ctx context.Context, ns string, meta *metav1.ObjectMeta) (*field.Error, error) {
+	ref := metav1.GetControllerOf(meta)
+	path := field.NewPath("metadata", "ownerReferences")
+	if ref == nil || ref.Kind != "Job" || ref.APIVersion != batchv1.SchemeGroupVersion.String() {
+		return field.Forbidden(path, fmt.Sprintf(
+			"a %s=build Pod runs only as part of a build Job, which berth queues for the org's build slots; submit a Job labelled %s=build instead of a bare Pod",
+			berthv1alpha1.LabelClass, berthv1alpha1.LabelClass)), nil
+	}
+	job := &batchv1.Job{}
+	err := w.Resolver.get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, job)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("read Job %s/%s: %w", ns, ref.Name, err)
+	}
+	if err != nil || job.UID != ref.UID || job.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) ||
+		job.Annotations[berthv1alpha1.AnnotationQueuedAt] == "" {
+		return field.Forbidden(path, fmt.Sprintf(
+			"Job %s is not a build berth admitted, so its Pods cannot be builds; label the Job itself %s=build, not only its pod template, and submit it again",
+			ref.Name, berthv1alpha1.LabelClass)), nil
+	}
+	return nil, nil
+}
+
+// nameTaken reports whether a Pod of this name, but another UID, exists:
+// the API server will refuse the create. It asks the cache, and the API
+// server only when the cache has one.
+func (w *PodWebhook) nameTaken(ctx context.Context, pod *corev1.Pod) (bool, error) {
+	key := client.ObjectKey{Namespace: pod.Namespace, Name: pod.Name}
+	if key.Namespace == "" {
+		key.Namespace = namespaceOf(ctx)
+	}
+	if key.Name == "" {
+		return false, nil
+	}
+	for _, r := range []client.Reader{w.Resolver.Reader, w.Resolver.APIReader} {
+		if r == nil {
+			continue
+		}
+		other := &corev1.Pod{}
+		err := r.Get(ctx, key, other)
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read Pod %s: %w", key, err)
+		}
+		if other.UID == pod.UID {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// ValidateUpdate guards what a Pod's owner must not change after admission:
+// berth's labels, its tolerations, and, through the subresources, Pod
+// Security (ephemeral containers) and the org's caps (resize). The API
+// server calls it for no other update (see Configurations).
+func (w *PodWebhook) ValidateUpdate(ctx context.Context, old, pod *corev1.Pod) (admission.Warnings, error) {
+	d := begin(ctx, "Pod", "validate", pod.Name)
+	d.class = old.Labels[berthv1alpha1.LabelClass]
+	d.org = w.Resolver.OrgName(ctx, d.namespace)
+	meta := field.NewPath("metadata")
+	if errs := ValidateSystemLabels(old.Labels, pod.Labels, meta.Child("labels")); len(errs) > 0 {
+		return nil, d.deny(reasonLabels, apierrors.NewInvalid(podKind, pod.Name, errs))
+	}
+	if d.skip(w.Resolver.Config, old.Labels) {
+		return nil, nil
+	}
+	t, err := d.target(ctx, w.Resolver, podKind, pod.Name)
+	if err != nil {
+		return nil, err
+	}
+	spec := field.NewPath("spec")
+	var errs field.ErrorList
+	reason := ""
+	switch d.subResource {
+	case "ephemeralcontainers":
+		errs, reason = ValidateSecurity(&pod.ObjectMeta, &pod.Spec, spec), reasonSecurity
+		for i := range errs {
+			errs[i].Detail += "; with kubectl debug, add --profile=restricted"
+		}
+	case "resize":
+		errs, reason = validateResources(&pod.Spec, *t, spec), reasonResources
+	default:
+		errs, reason = ValidateTolerations(pod.Spec.Tolerations, *t, spec.Child("tolerations")), reasonPlacement
+	}
+	if len(errs) > 0 {
+		return nil, d.deny(reason, apierrors.NewInvalid(podKind, pod.Name, errs))
+	}
 	return nil, d.allow()
 }
 
-// ValidateUpdate denies a change of a Pod's quota token: the token ties the
-// Pod to its ledger entry. The API server calls it for no other update.
-func (w *PodWebhook) ValidateUpdate(ctx context.Context, oldPod, pod *corev1.Pod) (admission.Warnings, error) {
-	before, after := oldPod.Labels[berthv1alpha1.LabelQuotaToken], pod.Labels[berthv1alpha1.LabelQuotaToken]
-	if before == after {
-		return nil, nil
+// ValidateSystemLabels denies adding, changing or removing berth's own
+// labels (SystemLabels) on an existing object: the class and the org decide
+// quotas, queues and placement, and are fixed at admission.
+func ValidateSystemLabels(old, labels map[string]string, path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	for _, k := range berthv1alpha1.SystemLabels {
+		before, had := old[k]
+		after, has := labels[k]
+		if had == has && before == after {
+			continue
+		}
+		was := fmt.Sprintf("it was %q", before)
+		if !had {
+			was = "it had none"
+		}
+		errs = append(errs, field.Forbidden(path.Key(k), fmt.Sprintf(
+			"%s is set at admission and cannot be added, changed or removed later (%s); put it back as it was, or delete the object and create it anew with the label",
+			k, was)))
 	}
-	d := begin(ctx, "Pod", "validate", pod.Name)
-	d.class = pod.Labels[berthv1alpha1.LabelClass]
-	d.org = pod.Labels[berthv1alpha1.LabelOrg]
-	path := field.NewPath("metadata", "labels").Key(berthv1alpha1.LabelQuotaToken)
-	return nil, d.deny("quota", apierrors.NewInvalid(podKind, pod.Name, field.ErrorList{
-		field.Invalid(path, after, fmt.Sprintf("the quota token is set by berth at admission and cannot change (it was %q); put the label back as it was, or delete the Pod and create a new one", before)),
-	}))
+	return errs
 }
 
 // ValidateDelete allows every deletion.
@@ -134,25 +246,19 @@ func (w *PodWebhook) ValidateDelete(context.Context, *corev1.Pod) (admission.War
 	return nil, nil
 }
 
-func (w *PodWebhook) now() time.Time {
-	if w.Now != nil {
-		return w.Now()
-	}
-	return time.Now()
-}
-
 // decision records one admission for metrics and the log.
 type decision struct {
-	ctx       context.Context
-	kind      string
-	phase     string
-	name      string
-	namespace string
-	operation string
-	class     string
-	org       string
-	dryRun    bool
-	start     time.Time
+	ctx         context.Context
+	kind        string
+	phase       string
+	name        string
+	namespace   string
+	operation   string
+	subResource string
+	class       string
+	org         string
+	dryRun      bool
+	start       time.Time
 }
 
 func begin(ctx context.Context, kind, phase, name string) *decision {
@@ -160,6 +266,7 @@ func begin(ctx context.Context, kind, phase, name string) *decision {
 	if req, err := admission.RequestFromContext(ctx); err == nil {
 		d.namespace = req.Namespace
 		d.operation = string(req.Operation)
+		d.subResource = req.SubResource
 		d.dryRun = req.DryRun != nil && *req.DryRun
 		if d.name == "" {
 			d.name = req.Name
@@ -168,9 +275,16 @@ func begin(ctx context.Context, kind, phase, name string) *decision {
 	return d
 }
 
+func namespaceOf(ctx context.Context) string {
+	if req, err := admission.RequestFromContext(ctx); err == nil {
+		return req.Namespace
+	}
+	return ""
+}
+
 // skip reports whether berth leaves the object alone; it records the class.
 func (d *decision) skip(cfg Config, labels map[string]string) bool {
-	class, ok := classOf(labels)
+	class, ok := labels[berthv1alpha1.LabelClass]
 	d.class = class
 	return !ok || cfg.Skipped(d.namespace)
 }
@@ -178,9 +292,14 @@ func (d *decision) skip(cfg Config, labels map[string]string) bool {
 // target resolves the object's Target, recording its org, or returns the
 // denial.
 func (d *decision) target(ctx context.Context, r *Resolver, gk schema.GroupKind, name string) (*Target, error) {
-	t, ferr := r.Target(ctx, d.namespace, d.class, field.NewPath("metadata"))
+	path := field.NewPath("metadata")
+	class, ferr := ValidateClass(d.class, path)
 	if ferr != nil {
-		return nil, d.deny(reasonOf(ferr), invalid(gk, name, ferr))
+		return nil, d.deny(reasonClass, invalid(gk, name, ferr))
+	}
+	t, ferr := r.Target(ctx, d.namespace, class, path)
+	if ferr != nil {
+		return nil, d.deny(reasonOrg, invalid(gk, name, ferr))
 	}
 	d.org = t.Org.Name
 	return t, nil
@@ -222,20 +341,4 @@ func invalid(gk schema.GroupKind, name string, ferr *field.Error) error {
 		return apierrors.NewInternalError(ferr)
 	}
 	return apierrors.NewInvalid(gk, name, field.ErrorList{ferr})
-}
-
-// reasonOf names the rule a field error broke, for the denials metric.
-func reasonOf(ferr *field.Error) string {
-	switch {
-	case strings.Contains(ferr.Field, "labels["):
-		return "class"
-	case strings.HasSuffix(ferr.Field, ".namespace"):
-		return "org"
-	case strings.Contains(ferr.Field, ".resources."):
-		return "resources"
-	case strings.HasSuffix(ferr.Field, ".command"), strings.Contains(ferr.Field, berthv1alpha1.LabelProject):
-		return "blob"
-	default:
-		return "security"
-	}
 }

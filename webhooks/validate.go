@@ -2,13 +2,19 @@ package webhooks
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	psaapi "k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/placement"
+	"berth.dev/berth/pkg/requests"
 )
 
 // ceilings are sizes no container asks for in earnest, whatever its org
@@ -20,12 +26,18 @@ var ceilings = map[corev1.ResourceName]resource.Quantity{
 	placement.GPUResource:           resource.MustParse("16"),
 }
 
-// capped are the resources checked against the class maximum.
-var capped = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourceEphemeralStorage, placement.GPUResource}
-
-// allowedCapabilities are the only capabilities Pod Security "restricted"
-// lets a container add.
-var allowedCapabilities = map[corev1.Capability]bool{"NET_BIND_SERVICE": true}
+// The reasons of the denials metric, one per rule group.
+const (
+	reasonClass     = "class"
+	reasonOrg       = "org"
+	reasonResources = "resources"
+	reasonSecurity  = "security"
+	reasonPlacement = "placement"
+	reasonBlob      = "blob"
+	reasonQuota     = "quota"
+	reasonQueue     = "queue"
+	reasonLabels    = "labels"
+)
 
 // ValidateClass checks the berth.dev/class label value.
 func ValidateClass(value string, path *field.Path) (berthv1alpha1.Class, *field.Error) {
@@ -37,24 +49,59 @@ func ValidateClass(value string, path *field.Path) (berthv1alpha1.Class, *field.
 	return c, nil
 }
 
-// ValidatePod checks a mutated Pod spec against its org's caps and the
-// security rules. Every error names the field, the value, the limit and the
-// fix.
-func ValidatePod(spec *corev1.PodSpec, t Target, path *field.Path) field.ErrorList {
-	var errs field.ErrorList
-	errs = append(errs, validateResources(spec, t, path)...)
-	errs = append(errs, validateSecurity(spec, path)...)
-	errs = append(errs, validateBlob(spec, t, path)...)
+// ValidatePod checks a mutated Pod (or pod template) against its org's caps,
+// Pod Security restricted, berth's placement and the blob data path. Every
+// error names the field, the value, the limit and the fix.
+func ValidatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target, path *field.Path) field.ErrorList {
+	errs, _ := validatePod(meta, spec, t, path)
 	return errs
+}
+
+// validatePod is ValidatePod, and names the rule group of the first error
+// for the denials metric.
+func validatePod(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target, path *field.Path) (field.ErrorList, string) {
+	var all field.ErrorList
+	reason := ""
+	for _, group := range []struct {
+		reason string
+		errs   field.ErrorList
+	}{
+		{reasonResources, validateResources(spec, t, path)},
+		{reasonSecurity, ValidateSecurity(meta, spec, path)},
+		{reasonPlacement, validatePlacement(spec, t, path)},
+		{reasonBlob, validateBlob(spec, t, path)},
+	} {
+		if len(group.errs) > 0 && reason == "" {
+			reason = group.reason
+		}
+		all = append(all, group.errs...)
+	}
+	return all, reason
+}
+
+// capped reports whether a resource is checked against the class maximum,
+// and which of the maximum's resources caps it: hugepages count as memory.
+func capped(name corev1.ResourceName) (corev1.ResourceName, bool) {
+	switch {
+	case name == corev1.ResourceCPU, name == corev1.ResourceMemory, name == corev1.ResourceEphemeralStorage, name == placement.GPUResource:
+		return name, true
+	case strings.HasPrefix(string(name), corev1.ResourceHugePagesPrefix):
+		return corev1.ResourceMemory, true
+	}
+	return "", false
 }
 
 func validateResources(spec *corev1.PodSpec, t Target, path *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	policy := t.Org.Spec.Classes.Policy(t.Class)
-	check := func(c corev1.Container, p *field.Path) {
-		for kind, list := range map[string]corev1.ResourceList{"requests": c.Resources.Requests, "limits": c.Resources.Limits} {
-			for _, name := range capped {
-				q, ok := list[name]
+	check := func(owner string, r *corev1.ResourceRequirements, p *field.Path) {
+		for _, kind := range []string{"requests", "limits"} {
+			list := r.Requests
+			if kind == "limits" {
+				list = r.Limits
+			}
+			for name, q := range list {
+				as, ok := capped(name)
 				if !ok {
 					continue
 				}
@@ -63,103 +110,120 @@ func validateResources(spec *corev1.PodSpec, t Target, path *field.Path) field.E
 					errs = append(errs, field.Invalid(fp, q.String(), "must not be negative; use a positive quantity such as 500m or 2Gi"))
 					continue
 				}
-				if ceil := ceilings[name]; q.Cmp(ceil) > 0 {
+				if ceil := ceilings[as]; q.Cmp(ceil) > 0 {
 					errs = append(errs, field.Invalid(fp, q.String(),
 						fmt.Sprintf("is above %s, more than any container needs; check the unit (for example 2Gi, not 2000Gi)", ceil.String())))
 					continue
 				}
-				if max := amount(policy.Max, name); max != nil && q.Cmp(*max) > 0 {
+				if max := amount(policy.Max, as); max != nil && q.Cmp(*max) > 0 {
 					errs = append(errs, field.Invalid(fp, q.String(), fmt.Sprintf(
-						"container %q asks for %s %s, above the %s maximum of %s in Organization %q; ask for at most %s, or ask the platform team to raise spec.classes.%s.max",
-						c.Name, q.String(), name, t.Class, max.String(), t.Org.Name, max.String(), t.Class)))
+						"%s asks for %s %s, above the %s maximum of %s in Organization %q; ask for at most %s, or ask the platform team to raise spec.classes.%s.max",
+						owner, q.String(), name, t.Class, max.String(), t.Org.Name, max.String(), t.Class)))
 				}
 			}
 		}
 	}
-	for i, c := range spec.InitContainers {
-		check(c, path.Child("initContainers").Index(i))
+	if spec.Resources != nil {
+		check("the Pod", spec.Resources, path)
 	}
-	for i, c := range spec.Containers {
-		check(c, path.Child("containers").Index(i))
+	for i := range spec.InitContainers {
+		c := &spec.InitContainers[i]
+		check(fmt.Sprintf("container %q", c.Name), &c.Resources, path.Child("initContainers").Index(i))
 	}
-	if t.Class == berthv1alpha1.ClassInference && podGPUs(spec) == 0 {
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		check(fmt.Sprintf("container %q", c.Name), &c.Resources, path.Child("containers").Index(i))
+	}
+	if requests.Claims(spec) {
+		errs = append(errs, field.Forbidden(path.Child("resourceClaims"),
+			"berth cannot count devices asked for through resource claims against the org's quota yet; remove resourceClaims (and resources.claims) and ask for GPUs as resources.limits: {nvidia.com/gpu: N}"))
+	}
+	if t.Class == berthv1alpha1.ClassInference && requests.GPUs(spec) == 0 {
 		errs = append(errs, field.Required(path.Child("containers").Index(0).Child("resources", "limits").Key(string(placement.GPUResource)),
 			"inference Pods must request nvidia.com/gpu; add resources.limits: {nvidia.com/gpu: 1} to the vLLM container"))
 	}
 	return errs
 }
 
-func validateSecurity(spec *corev1.PodSpec, path *field.Path) field.ErrorList {
+// restricted is the upstream Pod Security evaluator.
+var restricted = func() policy.Evaluator {
+	e, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+	if err != nil {
+		panic(fmt.Sprintf("pod security checks: %v", err)) // the upstream checks are static
+	}
+	return e
+}()
+
+// ValidateSecurity runs the upstream Pod Security "restricted" evaluator
+// (k8s.io/pod-security-admission, the API server's own) on a Pod: one error
+// per check it fails.
+func ValidateSecurity(meta *metav1.ObjectMeta, spec *corev1.PodSpec, path *field.Path) field.ErrorList {
+	if meta == nil {
+		meta = &metav1.ObjectMeta{}
+	}
 	var errs field.ErrorList
-	forbid := func(p *field.Path, what string) {
-		errs = append(errs, field.Forbidden(p, what))
-	}
-	if spec.HostNetwork {
-		forbid(path.Child("hostNetwork"), "host networking is not allowed; remove hostNetwork")
-	}
-	if spec.HostPID {
-		forbid(path.Child("hostPID"), "sharing the host's process namespace is not allowed; remove hostPID")
-	}
-	if spec.HostIPC {
-		forbid(path.Child("hostIPC"), "sharing the host's IPC namespace is not allowed; remove hostIPC")
-	}
-	for i, v := range spec.Volumes {
-		if v.HostPath != nil {
-			forbid(path.Child("volumes").Index(i).Child("hostPath"),
-				fmt.Sprintf("hostPath volume %q (%s) is not allowed; use an emptyDir or a PersistentVolumeClaim", v.Name, v.HostPath.Path))
+	lv := psaapi.LevelVersion{Level: psaapi.LevelRestricted, Version: psaapi.LatestVersion()}
+	for _, r := range restricted.EvaluatePod(lv, meta, spec) {
+		if r.Allowed {
+			continue
 		}
-	}
-	if psc := spec.SecurityContext; psc != nil {
-		if psc.RunAsUser != nil && *psc.RunAsUser == 0 {
-			errs = append(errs, field.Invalid(path.Child("securityContext", "runAsUser"), 0, "running as root is not allowed; remove runAsUser or use a non-zero user id such as 1000"))
+		what := r.ForbiddenReason
+		if r.ForbiddenDetail != "" {
+			what += " (" + r.ForbiddenDetail + ")"
 		}
-		if psc.RunAsNonRoot != nil && !*psc.RunAsNonRoot {
-			errs = append(errs, field.Invalid(path.Child("securityContext", "runAsNonRoot"), false, "containers must run as non-root; remove runAsNonRoot: false"))
-		}
-	}
-	for _, group := range []struct {
-		name string
-		cs   []corev1.Container
-	}{{"initContainers", spec.InitContainers}, {"containers", spec.Containers}} {
-		for i, c := range group.cs {
-			errs = append(errs, validateContainerSecurity(c, path.Child(group.name).Index(i))...)
-		}
+		errs = append(errs, field.Forbidden(path, fmt.Sprintf(
+			"violates Pod Security \"restricted:latest\": %s; berth admits only Pods that pass it: remove these settings, or leave them unset and berth sets safe ones",
+			what)))
 	}
 	return errs
 }
 
-func validateContainerSecurity(c corev1.Container, p *field.Path) field.ErrorList {
+// defaultTolerations are the ones the API server gives every Pod
+// (DefaultTolerationSeconds): they only delay eviction from a failing node.
+var defaultTolerations = map[string]bool{corev1.TaintNodeNotReady: true, corev1.TaintNodeUnreachable: true}
+
+// validatePlacement keeps placement berth's: no Pod picks its node, skips
+// the taints berth's node pools carry, or raises its own priority.
+func validatePlacement(spec *corev1.PodSpec, t Target, path *field.Path) field.ErrorList {
 	var errs field.ErrorList
-	for j, port := range c.Ports {
-		if port.HostPort != 0 {
-			errs = append(errs, field.Forbidden(p.Child("ports").Index(j).Child("hostPort"),
-				fmt.Sprintf("host port %d is not allowed; remove hostPort and use a Service", port.HostPort)))
-		}
+	if spec.NodeName != "" {
+		errs = append(errs, field.Forbidden(path.Child("nodeName"), fmt.Sprintf(
+			"a berth Pod cannot name its node (%s): the scheduler places it by its class; remove spec.nodeName", spec.NodeName)))
 	}
-	sc := c.SecurityContext
-	if sc == nil {
-		return errs
-	}
-	sp := p.Child("securityContext")
-	if sc.Privileged != nil && *sc.Privileged {
-		errs = append(errs, field.Forbidden(sp.Child("privileged"), fmt.Sprintf("container %q may not be privileged; remove privileged: true", c.Name)))
-	}
-	if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
-		errs = append(errs, field.Invalid(sp.Child("runAsUser"), 0, fmt.Sprintf("container %q may not run as root; remove runAsUser or use a non-zero user id such as 1000", c.Name)))
-	}
-	if sc.RunAsNonRoot != nil && !*sc.RunAsNonRoot {
-		errs = append(errs, field.Invalid(sp.Child("runAsNonRoot"), false, fmt.Sprintf("container %q must run as non-root; remove runAsNonRoot: false", c.Name)))
-	}
-	if sc.AllowPrivilegeEscalation != nil && *sc.AllowPrivilegeEscalation {
-		errs = append(errs, field.Invalid(sp.Child("allowPrivilegeEscalation"), true, fmt.Sprintf("container %q may not allow privilege escalation; remove allowPrivilegeEscalation: true", c.Name)))
-	}
-	if sc.Capabilities != nil {
-		for j, cp := range sc.Capabilities.Add {
-			if !allowedCapabilities[cp] {
-				errs = append(errs, field.Forbidden(sp.Child("capabilities", "add").Index(j),
-					fmt.Sprintf("capability %s is not allowed; only NET_BIND_SERVICE may be added", cp)))
-			}
-		}
+	errs = append(errs, ValidateTolerations(spec.Tolerations, t, path.Child("tolerations"))...)
+	if t.PriorityClass == nil && spec.PriorityClassName != "" && spec.PriorityClassName != t.GlobalDefaultPriorityClass {
+		errs = append(errs, field.Forbidden(path.Child("priorityClassName"), fmt.Sprintf(
+			"a berth Pod cannot choose its priority (%s); remove spec.priorityClassName, or ask the platform team to install berth's PriorityClasses (%s%s)",
+			spec.PriorityClassName, t.Config.PriorityClassPrefix, t.Class)))
 	}
 	return errs
+}
+
+// ValidateTolerations allows only the tolerations berth writes for the
+// Pod's class and org, and the API server's defaults: any other could let
+// the Pod onto nodes kept for other work (GPU nodes, say).
+func ValidateTolerations(tols []corev1.Toleration, t Target, path *field.Path) field.ErrorList {
+	own := tolerations(t)
+	var errs field.ErrorList
+	for i, tol := range tols {
+		if defaultTolerations[tol.Key] && tol.Effect == corev1.TaintEffectNoExecute {
+			continue
+		}
+		if containsToleration(own, tol) {
+			continue
+		}
+		errs = append(errs, field.Forbidden(path.Index(i), fmt.Sprintf(
+			"toleration {key: %q, operator: %s, effect: %q} is not allowed: berth writes the tolerations a %s Pod needs; remove it",
+			tol.Key, tol.Operator, tol.Effect, t.Class)))
+	}
+	return errs
+}
+
+func containsToleration(list []corev1.Toleration, tol corev1.Toleration) bool {
+	for _, x := range list {
+		if equality.Semantic.DeepEqual(x, tol) {
+			return true
+		}
+	}
+	return false
 }

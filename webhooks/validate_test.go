@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 
@@ -66,95 +67,6 @@ func TestValidatePodDenials(t *testing.T) {
 		edit func(*corev1.Pod)
 		want []wantError
 	}{
-		{
-			name: "privileged",
-			edit: containerSC(corev1.SecurityContext{Privileged: ptr.To(true)}),
-			want: []wantError{{field: "spec.containers[0].securityContext.privileged", typ: field.ErrorTypeForbidden,
-				contains: []string{`container "main"`, "privileged", "remove privileged: true"}}},
-		},
-		{
-			name: "hostNetwork",
-			edit: func(p *corev1.Pod) { p.Spec.HostNetwork = true },
-			want: []wantError{{field: "spec.hostNetwork", typ: field.ErrorTypeForbidden, contains: []string{"host networking", "remove hostNetwork"}}},
-		},
-		{
-			name: "hostPID",
-			edit: func(p *corev1.Pod) { p.Spec.HostPID = true },
-			want: []wantError{{field: "spec.hostPID", typ: field.ErrorTypeForbidden, contains: []string{"process namespace", "remove hostPID"}}},
-		},
-		{
-			name: "hostIPC",
-			edit: func(p *corev1.Pod) { p.Spec.HostIPC = true },
-			want: []wantError{{field: "spec.hostIPC", typ: field.ErrorTypeForbidden, contains: []string{"IPC namespace", "remove hostIPC"}}},
-		},
-		{
-			name: "hostPath",
-			edit: func(p *corev1.Pod) {
-				p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "docker", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/docker.sock"}}})
-			},
-			want: []wantError{{field: "spec.volumes[0].hostPath", typ: field.ErrorTypeForbidden,
-				contains: []string{`"docker"`, "/var/run/docker.sock", "use an emptyDir or a PersistentVolumeClaim"}}},
-		},
-		{
-			name:  "hostPath in a build",
-			class: build,
-			edit: func(p *corev1.Pod) {
-				p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "docker", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/docker.sock"}}})
-			},
-			want: []wantError{{field: "spec.volumes[0].hostPath", typ: field.ErrorTypeForbidden, contains: []string{"/var/run/docker.sock"}}},
-		},
-		{
-			name: "runAsUser 0 on the Pod",
-			edit: func(p *corev1.Pod) { p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0)} },
-			want: []wantError{{field: "spec.securityContext.runAsUser", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: 0", "root", "non-zero user id such as 1000"}}},
-		},
-		{
-			name: "runAsUser 0 on a container",
-			edit: containerSC(corev1.SecurityContext{RunAsUser: ptr.To[int64](0)}),
-			want: []wantError{{field: "spec.containers[0].securityContext.runAsUser", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: 0", `container "main"`, "non-zero user id such as 1000"}}},
-		},
-		{
-			name: "runAsUser 0 on an init container",
-			edit: func(p *corev1.Pod) {
-				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: testutil.DefaultImage, SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](0)}}}
-			},
-			want: []wantError{{field: "spec.initContainers[0].securityContext.runAsUser", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: 0", `container "init"`, "remove runAsUser"}}},
-		},
-		{
-			name: "runAsNonRoot false on the Pod",
-			edit: func(p *corev1.Pod) { p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(false)} },
-			want: []wantError{{field: "spec.securityContext.runAsNonRoot", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: false", "remove runAsNonRoot: false"}}},
-		},
-		{
-			name: "runAsNonRoot false on a container",
-			edit: containerSC(corev1.SecurityContext{RunAsNonRoot: ptr.To(false)}),
-			want: []wantError{{field: "spec.containers[0].securityContext.runAsNonRoot", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: false", `container "main"`, "remove runAsNonRoot: false"}}},
-		},
-		{
-			name: "allowPrivilegeEscalation true",
-			edit: containerSC(corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(true)}),
-			want: []wantError{{field: "spec.containers[0].securityContext.allowPrivilegeEscalation", typ: field.ErrorTypeInvalid,
-				contains: []string{"Invalid value: true", `container "main"`, "remove allowPrivilegeEscalation: true"}}},
-		},
-		{
-			name: "capability SYS_ADMIN, NET_BIND_SERVICE allowed",
-			edit: containerSC(corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_BIND_SERVICE", "SYS_ADMIN"}}}),
-			want: []wantError{{field: "spec.containers[0].securityContext.capabilities.add[1]", typ: field.ErrorTypeForbidden,
-				contains: []string{"SYS_ADMIN", "only NET_BIND_SERVICE may be added"}}},
-		},
-		{
-			name: "hostPort",
-			edit: func(p *corev1.Pod) {
-				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}, {ContainerPort: 9090, HostPort: 9090}}
-			},
-			want: []wantError{{field: "spec.containers[0].ports[1].hostPort", typ: field.ErrorTypeForbidden,
-				contains: []string{"9090", "use a Service"}}},
-		},
 		{
 			name: "above the class max",
 			pod:  testutil.Pod("w").Container(corev1.Container{Name: "ide", Image: testutil.DefaultImage}).Obj(),
@@ -228,15 +140,66 @@ func TestValidatePodDenials(t *testing.T) {
 		{
 			name: "every violation is reported, not only the first",
 			edit: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{cpu: resource.MustParse("6")}
 				p.Spec.HostNetwork = true
-				p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
-				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 80, HostPort: 80}}
+				p.Spec.NodeName = "gpu-0"
 			},
 			want: []wantError{
-				{field: "spec.hostNetwork", typ: field.ErrorTypeForbidden},
-				{field: "spec.containers[0].securityContext.privileged", typ: field.ErrorTypeForbidden},
-				{field: "spec.containers[0].ports[0].hostPort", typ: field.ErrorTypeForbidden},
+				{field: "spec.containers[0].resources.requests[cpu]", typ: field.ErrorTypeInvalid},
+				{field: "spec", typ: field.ErrorTypeForbidden, contains: []string{"host namespaces (hostNetwork=true)"}},
+				{field: "spec.nodeName", typ: field.ErrorTypeForbidden, contains: []string{"gpu-0", "remove spec.nodeName"}},
 			},
+		},
+		{
+			name:  "max without a default still bounds the container",
+			org:   testutil.Org("acme").ClassMax(workspace, "2", "4Gi").Obj(),
+			class: workspace,
+		},
+		{
+			name: "Pod-level resources above the class max",
+			edit: func(p *corev1.Pod) {
+				p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{cpu: resource.MustParse("64")}}
+			},
+			want: []wantError{{field: "spec.resources.limits[cpu]", typ: field.ErrorTypeInvalid,
+				contains: []string{"the Pod asks for 64 cpu", "workspace maximum of 4"}}},
+		},
+		{
+			name: "hugepages count as memory",
+			edit: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{"hugepages-2Mi": resource.MustParse("64Gi"), mem: resource.MustParse("1Gi")}
+				p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{"hugepages-2Mi": resource.MustParse("64Gi")}
+			},
+			want: []wantError{
+				{field: "spec.containers[0].resources.limits[hugepages-2Mi]", typ: field.ErrorTypeInvalid, contains: []string{"64Gi hugepages-2Mi", "maximum of 8Gi"}},
+				{field: "spec.containers[0].resources.requests[hugepages-2Mi]", typ: field.ErrorTypeInvalid, contains: []string{"64Gi hugepages-2Mi"}},
+			},
+		},
+		{
+			name: "devices through DRA claims",
+			edit: func(p *corev1.Pod) {
+				p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To("a100")}}
+				p.Spec.Containers[0].Resources.Claims = []corev1.ResourceClaim{{Name: "gpu"}}
+			},
+			want: []wantError{{field: "spec.resourceClaims", typ: field.ErrorTypeForbidden, contains: []string{"resource claims", "nvidia.com/gpu"}}},
+		},
+		{
+			name: "tolerate every taint",
+			edit: func(p *corev1.Pod) {
+				p.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
+			},
+			want: []wantError{{field: "spec.tolerations[0]", typ: field.ErrorTypeForbidden, contains: []string{"Exists", "remove it"}}},
+		},
+		{
+			name: "a workspace tolerates the GPU taint",
+			edit: func(p *corev1.Pod) {
+				p.Spec.Tolerations = []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
+			},
+			want: []wantError{{field: "spec.tolerations[0]", typ: field.ErrorTypeForbidden, contains: []string{"nvidia.com/gpu", "workspace"}}},
+		},
+		{
+			name: "a priority class of its own without berth's",
+			edit: func(p *corev1.Pod) { p.Spec.PriorityClassName = "system-cluster-critical" },
+			want: []wantError{{field: "spec.priorityClassName", typ: field.ErrorTypeForbidden, contains: []string{"system-cluster-critical", "remove spec.priorityClassName"}}},
 		},
 	}
 	for _, tt := range tests {
@@ -257,28 +220,81 @@ func TestValidatePodDenials(t *testing.T) {
 			}
 			tgt := target(t, class, org)
 			got := mutate(t, pod, tgt)
-			assertErrors(t, tt.want, webhooks.ValidatePod(&got.Spec, tgt, field.NewPath("spec")))
+			assertErrors(t, tt.want, webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, tgt, field.NewPath("spec")))
+			if len(tt.want) == 0 {
+				for _, c := range got.Spec.Containers {
+					assert.NotEmpty(t, c.Resources.Limits, "container %s has limits", c.Name)
+				}
+			}
 		})
 	}
 }
 
-func TestValidatePodPath(t *testing.T) {
-	pod := testutil.Pod("b").Obj()
-	pod.Spec.HostPID = true
-	tgt := target(t, build, testOrg().Obj())
-	got := mutate(t, pod, tgt)
-	errs := webhooks.ValidatePod(&got.Spec, tgt, field.NewPath("spec", "template", "spec"))
-	assertErrors(t, []wantError{{field: "spec.template.spec.hostPID", typ: field.ErrorTypeForbidden}}, errs)
+// Every Pod berth admits passes the upstream Pod Security restricted
+// evaluator: whatever the user sets that it refuses is denied after
+// mutation, with the check's own words.
+func TestValidatePodSecurity(t *testing.T) {
+	unconfined := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}
+	tests := []struct {
+		name     string
+		edit     func(*corev1.Pod)
+		contains string
+	}{
+		{"privileged", containerSC(corev1.SecurityContext{Privileged: ptr.To(true)}), "privileged"},
+		{"hostNetwork", func(p *corev1.Pod) { p.Spec.HostNetwork = true }, "hostNetwork=true"},
+		{"hostPID", func(p *corev1.Pod) { p.Spec.HostPID = true }, "hostPID=true"},
+		{"hostIPC", func(p *corev1.Pod) { p.Spec.HostIPC = true }, "hostIPC=true"},
+		{"hostPath", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "docker", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/docker.sock"}}})
+		}, `"docker"`},
+		{"nfs volume", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "share", VolumeSource: corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{Server: "10.0.0.1", Path: "/"}}})
+		}, "restricted volume types"},
+		{"runAsUser 0 on the Pod", func(p *corev1.Pod) { p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0)} }, "runAsUser=0"},
+		{"runAsUser 0 on an init container", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: testutil.DefaultImage, SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](0)}}}
+		}, `"init"`},
+		{"runAsNonRoot false", containerSC(corev1.SecurityContext{RunAsNonRoot: ptr.To(false)}), "runAsNonRoot"},
+		{"allowPrivilegeEscalation true", containerSC(corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(true)}), "allowPrivilegeEscalation"},
+		{"capability SYS_ADMIN", containerSC(corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_BIND_SERVICE", "SYS_ADMIN"}}}), "SYS_ADMIN"},
+		{"hostPort", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, HostPort: 9090}}
+		}, "9090"},
+		{"seccomp Unconfined on the Pod", func(p *corev1.Pod) { p.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: unconfined} }, "seccompProfile"},
+		{"seccomp Unconfined on a container", containerSC(corev1.SecurityContext{SeccompProfile: unconfined}), "seccompProfile"},
+		{"AppArmor Unconfined", containerSC(corev1.SecurityContext{AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined}}), "AppArmor"},
+		{"a SELinux type", containerSC(corev1.SecurityContext{SELinuxOptions: &corev1.SELinuxOptions{Type: "spc_t"}}), "seLinuxOptions"},
+		{"procMount Unmasked", containerSC(corev1.SecurityContext{ProcMount: ptr.To(corev1.UnmaskedProcMount)}), "procMount"},
+		{"an unsafe sysctl", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "1"}}}
+		}, "kernel.msgmax"},
+		{"a probe on a node address", func(p *corev1.Pod) {
+			p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Host: "169.254.169.254", Port: intstr.FromInt32(80)}}}
+		}, "169.254.169.254"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := testutil.Pod("p").Obj()
+			tt.edit(pod)
+			tgt := target(t, workspace, testOrg().Obj())
+			got := mutate(t, pod, tgt)
+			errs := webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, tgt, field.NewPath("spec"))
+			require.NotEmpty(t, errs)
+			assert.Contains(t, errs.ToAggregate().Error(), tt.contains)
+			assert.Contains(t, errs.ToAggregate().Error(), `Pod Security "restricted:latest"`)
+		})
+	}
 }
 
 func TestValidatePodNegativeBeforeMax(t *testing.T) {
 	// A negative value is reported once, as negative, not also as above a
 	// maximum.
 	tgt := target(t, workspace, testOrg().Obj())
-	spec := testutil.Pod("w").Obj().Spec
-	spec.Containers[0].Resources.Limits = corev1.ResourceList{mem: resource.MustParse("-1Gi")}
+	pod := testutil.Pod("w").Obj()
+	pod.Spec.Containers[0].Resources.Limits = corev1.ResourceList{mem: resource.MustParse("-1Gi")}
+	got := mutate(t, pod, tgt)
 	assertErrors(t, []wantError{{field: "spec.containers[0].resources.limits[memory]", typ: field.ErrorTypeInvalid, contains: []string{`"-1Gi"`, "negative"}}},
-		webhooks.ValidatePod(&spec, tgt, field.NewPath("spec")))
+		webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, tgt, field.NewPath("spec")))
 }
 
 func TestValidatePodMutatedValid(t *testing.T) {
@@ -308,7 +324,7 @@ func TestValidatePodMutatedValid(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tgt := target(t, tt.class, tt.org)
 			got := mutate(t, tt.pod, tgt)
-			assert.Empty(t, webhooks.ValidatePod(&got.Spec, tgt, field.NewPath("spec")))
+			assert.Empty(t, webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, tgt, field.NewPath("spec")))
 		})
 	}
 }

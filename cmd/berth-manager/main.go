@@ -15,7 +15,6 @@ import (
 
 	"berth.dev/berth/pkg/manager"
 	"berth.dev/berth/pkg/placement"
-	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/webhooks"
 )
 
@@ -30,7 +29,6 @@ func main() {
 	flag.StringVar(&o.Webhook.PriorityClassPrefix, "priority-class-prefix", "berth-", "a class's PriorityClass is {prefix}{class}, used when it exists")
 	flag.StringVar(&o.Webhook.ManagerUsername, "manager-username", "", "the only user allowed to release queued builds (default: the user berth-manager runs as)")
 	flag.StringVar(&o.Webhook.BlobImage, "blob-image", webhooks.DefaultBlobImage, "berth-blob image injected into builds of a project")
-	flag.Int64Var(&o.Webhook.QuotaHoldSize, "quota-hold-size", quota.DefaultHoldSize, "workspace slots a replica takes from an org's quota at once, admitting workspaces without a ledger write each; 0 writes on every admission")
 	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")
 	flag.StringVar(&o.WebhookService, "webhook-service", "berth-webhook", "the webhook Service's name, for the certificate's DNS name")

@@ -118,11 +118,15 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			return err
 		}
 	}
-	if err := addControllers(mgr, direct, o); err != nil {
+	ledger, err := newLedger(cfg, scheme, mgr, o.Webhook.Namespace)
+	if err != nil {
+		return err
+	}
+	if err := addControllers(mgr, ledger, o); err != nil {
 		return err
 	}
 	if len(o.Webhooks) > 0 {
-		if err := addWebhooks(ctx, mgr, direct, o, host, port); err != nil {
+		if err := addWebhooks(ctx, mgr, direct, ledger, o, host, port); err != nil {
 			return err
 		}
 	}
@@ -134,14 +138,26 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	return mgr.Start(ctx)
 }
 
-func addControllers(mgr ctrl.Manager, direct client.Client, o Options) error {
+// newLedger builds the quota ledger the webhooks charge and orgstatus
+// cleans. It reads and writes on the API server, never a cache, in protobuf:
+// ledgers are rewritten whole, and protobuf halves the API server's work.
+func newLedger(cfg *rest.Config, scheme *runtime.Scheme, mgr ctrl.Manager, namespace string) (*quota.Ledger, error) {
+	pcfg := rest.CopyConfig(cfg)
+	pcfg.ContentType = runtime.ContentTypeProtobuf
+	c, err := client.New(pcfg, client.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper()})
+	if err != nil {
+		return nil, fmt.Errorf("create quota ledger client: %w", err)
+	}
+	return quota.NewLedger(c, namespace, clock.RealClock{}, webhooks.QuotaOptions()), nil
+}
+
+func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
 	for _, name := range o.Controllers {
 		var err error
 		switch name {
 		case buildqueue.Name:
 			err = buildqueue.NewController(mgr.GetClient(), mgr.GetAPIReader()).Register(mgr)
 		case orgstatus.Name:
-			ledger := &quota.Ledger{Client: direct, Namespace: o.Webhook.Namespace}
 			err = orgstatus.NewController(mgr.GetClient(), mgr.GetAPIReader(), ledger, clock.RealClock{}).Register(mgr)
 		default:
 			err = fmt.Errorf("--controllers: %q is unknown; use any of %v", name, Controllers)
@@ -155,14 +171,14 @@ func addControllers(mgr ctrl.Manager, direct client.Client, o Options) error {
 
 // addWebhooks starts the webhook server once the rotator has put a
 // certificate in the certificate directory.
-func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, o Options, host string, port int) error {
+func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, ledger *quota.Ledger, o Options, host string, port int) error {
 	srv := webhook.NewServer(webhook.Options{
 		Host:    host,
 		Port:    port,
 		CertDir: o.CertDir,
 		TLSOpts: tlsOpts(o.WebhookHTTP2),
 	})
-	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks); err != nil {
+	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks, ledger); err != nil {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {

@@ -1,230 +1,203 @@
 package quota_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/pkg/testutil"
 )
 
-var admitted = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func ws(uid string) quota.Entry {
-	return quota.Entry{UID: types.UID(uid), Class: berthv1alpha1.ClassWorkspace, Admitted: admitted}
+func ws() quota.Entry { return quota.Entry{Class: berthv1alpha1.ClassWorkspace} }
+
+func gpus(class berthv1alpha1.Class, n int64) quota.Entry {
+	return quota.Entry{Class: class, GPUs: n}
 }
 
-func gpus(uid string, class berthv1alpha1.Class, n int64) quota.Entry {
-	return quota.Entry{UID: types.UID(uid), Class: class, GPUs: n, Admitted: admitted}
+func newLedger(c quota.Client) *quota.Ledger {
+	return quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{})
 }
 
-// entries keys entries as Pods named after their UIDs in namespace "team".
-func entries(es ...quota.Entry) map[string]quota.Entry {
-	m := make(map[string]quota.Entry, len(es))
-	for _, e := range es {
-		m[quota.Key("team", string(e.UID))] = e
+func fakeClient() client.Client {
+	return fake.NewClientBuilder().WithScheme(scheme()).Build()
+}
+
+func scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = corev1.AddToScheme(s)
+	return s
+}
+
+func TestReserveChargesEachUIDOnce(t *testing.T) {
+	l := newLedger(fakeClient())
+	org := testutil.Org("acme").MaxWorkspaces(2).Obj()
+	ctx := t.Context()
+	require.NoError(t, l.Reserve(ctx, org, "a", ws()))
+	require.NoError(t, l.Reserve(ctx, org, "a", ws()), "a retried admission of the same Pod")
+	require.NoError(t, l.Reserve(ctx, org, "b", ws()))
+	err := l.Reserve(ctx, org, "c", ws())
+	var exceeded *quota.ExceededError
+	require.ErrorAs(t, err, &exceeded)
+	assert.Equal(t, "maxWorkspaces", exceeded.Field)
+	assert.Contains(t, err.Error(), "spec.maxWorkspaces")
+
+	entries, err := l.Entries(ctx, org.Name)
+	require.NoError(t, err)
+	assert.Equal(t, map[types.UID]quota.Entry{
+		"a": {Class: berthv1alpha1.ClassWorkspace, Admitted: now},
+		"b": {Class: berthv1alpha1.ClassWorkspace, Admitted: now},
+	}, entries)
+}
+
+// A second Pod of a running Pod's name has another UID: it is charged
+// beside the first, never in its place, so a create the API server then
+// refuses cannot shrink the running Pod's charge.
+func TestAnotherUIDNeverReplacesACharge(t *testing.T) {
+	l := newLedger(fakeClient())
+	org := testutil.Org("acme").MaxGPUs(4).Obj()
+	ctx := t.Context()
+	require.NoError(t, l.Reserve(ctx, org, "running", gpus(berthv1alpha1.ClassInference, 4)))
+	for i := range 3 {
+		err := l.Reserve(ctx, org, types.UID(fmt.Sprintf("same-name-%d", i)), gpus(berthv1alpha1.ClassInference, 1))
+		var exceeded *quota.ExceededError
+		require.ErrorAs(t, err, &exceeded, "attempt %d", i)
+		assert.Equal(t, "maxGPUs", exceeded.Field)
 	}
-	return m
+	entries, err := l.Entries(ctx, org.Name)
+	require.NoError(t, err)
+	assert.Equal(t, quota.Usage{GPUs: 4}, quota.UsageOf(entries))
 }
 
-func TestKey(t *testing.T) {
-	tests := []struct {
-		namespace, name string
-		want            string
-	}{
-		{namespace: "team", name: "ws-1", want: "team_ws-1"},
-		{namespace: "a-b", name: "c.d-e", want: "a-b_c.d-e"},
-		{namespace: "n", name: "", want: "n_"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.want, func(t *testing.T) {
-			key := quota.Key(tt.namespace, tt.name)
-			assert.Equal(t, tt.want, key)
-			ns, name := quota.SplitKey(key)
-			assert.Equal(t, tt.namespace, ns)
-			assert.Equal(t, tt.name, name)
+func TestBuildGPUsAreCharged(t *testing.T) {
+	l := newLedger(fakeClient())
+	org := testutil.Org("acme").MaxGPUs(2).Obj()
+	require.NoError(t, l.Reserve(t.Context(), org, "build", gpus(berthv1alpha1.ClassBuild, 2)))
+	require.Error(t, l.Reserve(t.Context(), org, "vllm", gpus(berthv1alpha1.ClassInference, 1)))
+}
+
+func TestFitsWritesNothing(t *testing.T) {
+	c := fakeClient()
+	l := newLedger(c)
+	org := testutil.Org("acme").MaxWorkspaces(1).Obj()
+	require.NoError(t, l.Fits(t.Context(), org, "a", ws()))
+	entries, err := l.Entries(t.Context(), org.Name)
+	require.NoError(t, err)
+	assert.Empty(t, entries)
+	require.NoError(t, l.Reserve(t.Context(), org, "a", ws()))
+	require.NoError(t, l.Fits(t.Context(), org, "a", ws()), "already charged")
+	require.Error(t, l.Fits(t.Context(), org, "b", ws()))
+}
+
+func TestRecordAndRelease(t *testing.T) {
+	l := newLedger(fakeClient())
+	ctx := t.Context()
+	require.NoError(t, l.Record(ctx, "acme", map[types.UID]quota.Entry{"a": ws(), "b": ws(), "c": ws()}))
+	require.NoError(t, l.Release(ctx, "acme", []types.UID{"a", "c", "never-there"}))
+	entries, err := l.Entries(ctx, "acme")
+	require.NoError(t, err)
+	assert.Equal(t, map[types.UID]quota.Entry{"b": ws()}, entries)
+	require.NoError(t, l.Release(ctx, "nobody", []types.UID{"x"}), "an org without a ledger")
+}
+
+// Three replicas, each a Ledger of its own on the same store, reserve 50
+// workspaces at once against a limit of 20: exactly 20 are admitted.
+func TestConcurrentReplicasNeverOvershoot(t *testing.T) {
+	c := fakeClient()
+	var conflicts atomic.Int64
+	replicas := make([]*quota.Ledger, 3)
+	for i := range replicas {
+		replicas[i] = quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{
+			MaxAttempts: 1000, OnConflict: func() { conflicts.Add(1) },
 		})
 	}
-}
-
-func TestSplitKeyWithoutSeparator(t *testing.T) {
-	ns, name := quota.SplitKey("legacy")
-	assert.Equal(t, "legacy", ns)
-	assert.Empty(t, name)
-}
-
-func TestUsageOf(t *testing.T) {
-	tests := []struct {
-		name    string
-		entries map[string]quota.Entry
-		want    quota.Usage
-	}{
-		{name: "nil", entries: nil, want: quota.Usage{}},
-		{name: "empty", entries: entries(), want: quota.Usage{}},
-		{name: "workspaces counted", entries: entries(ws("a"), ws("b")), want: quota.Usage{Workspaces: 2}},
-		{
-			name:    "GPUs summed across classes",
-			entries: entries(ws("a"), gpus("b", berthv1alpha1.ClassWorkspace, 1), gpus("c", berthv1alpha1.ClassInference, 2), gpus("d", berthv1alpha1.ClassBuild, 4)),
-			want:    quota.Usage{Workspaces: 2, GPUs: 7},
-		},
-		{name: "build without GPUs counts nothing", entries: entries(gpus("b", berthv1alpha1.ClassBuild, 0)), want: quota.Usage{}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			assert.Equal(t, tt.want, quota.UsageOf(tt.entries))
-		})
-	}
-}
-
-func TestCheck(t *testing.T) {
-	tests := []struct {
-		name    string
-		org     *berthv1alpha1.Organization
-		entries map[string]quota.Entry
-		entry   quota.Entry
-		want    *quota.ExceededError
-	}{
-		{
-			name:    "no caps",
-			org:     testutil.Org("acme").Obj(),
-			entries: entries(ws("a"), ws("b"), gpus("c", berthv1alpha1.ClassInference, 100)),
-			entry:   gpus("d", berthv1alpha1.ClassWorkspace, 8),
-		},
-		{
-			name:    "workspace under the cap",
-			org:     testutil.Org("acme").MaxWorkspaces(3).Obj(),
-			entries: entries(ws("a"), ws("b")),
-			entry:   ws("c"),
-		},
-		{
-			name:    "workspace at the cap",
-			org:     testutil.Org("acme").MaxWorkspaces(3).Obj(),
-			entries: entries(ws("a"), ws("b"), ws("c")),
-			entry:   ws("d"),
-			want:    &quota.ExceededError{Field: "maxWorkspaces", Org: "acme", Limit: 3, Used: 3, Request: 1},
-		},
-		{
-			name:  "maxWorkspaces 0 admits none",
-			org:   testutil.Org("acme").MaxWorkspaces(0).Obj(),
-			entry: ws("a"),
-			want:  &quota.ExceededError{Field: "maxWorkspaces", Org: "acme", Limit: 0, Used: 0, Request: 1},
-		},
-		{
-			name:    "other classes ignore the workspace cap",
-			org:     testutil.Org("acme").MaxWorkspaces(1).Obj(),
-			entries: entries(ws("a")),
-			entry:   gpus("b", berthv1alpha1.ClassBuild, 0),
-		},
-		{
-			name:    "GPUs fit exactly",
-			org:     testutil.Org("acme").MaxGPUs(4).Obj(),
-			entries: entries(gpus("a", berthv1alpha1.ClassInference, 2)),
-			entry:   gpus("b", berthv1alpha1.ClassInference, 2),
-		},
-		{
-			name:    "GPUs over the cap",
-			org:     testutil.Org("acme").MaxGPUs(4).Obj(),
-			entries: entries(gpus("a", berthv1alpha1.ClassInference, 2), gpus("b", berthv1alpha1.ClassWorkspace, 1)),
-			entry:   gpus("c", berthv1alpha1.ClassInference, 2),
-			want:    &quota.ExceededError{Field: "maxGPUs", Org: "acme", Limit: 4, Used: 3, Request: 2},
-		},
-		{
-			name:    "no GPUs asked, none checked",
-			org:     testutil.Org("acme").MaxGPUs(1).Obj(),
-			entries: entries(gpus("a", berthv1alpha1.ClassInference, 5)),
-			entry:   gpus("b", berthv1alpha1.ClassInference, 0),
-		},
-		{
-			name:    "GPU workspace within the workspace cap, over the GPU cap",
-			org:     testutil.Org("acme").MaxWorkspaces(5).MaxGPUs(2).Obj(),
-			entries: entries(ws("a"), gpus("b", berthv1alpha1.ClassInference, 2)),
-			entry:   gpus("c", berthv1alpha1.ClassWorkspace, 1),
-			want:    &quota.ExceededError{Field: "maxGPUs", Org: "acme", Limit: 2, Used: 2, Request: 1},
-		},
-		{
-			name:    "workspace cap is checked first",
-			org:     testutil.Org("acme").MaxWorkspaces(1).MaxGPUs(0).Obj(),
-			entries: entries(ws("a")),
-			entry:   gpus("b", berthv1alpha1.ClassWorkspace, 1),
-			want:    &quota.ExceededError{Field: "maxWorkspaces", Org: "acme", Limit: 1, Used: 1, Request: 1},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := quota.Check(tt.org, tt.entries, tt.entry)
-			if tt.want == nil {
-				assert.NoError(t, err)
-				return
-			}
+	org := testutil.Org("acme").MaxWorkspaces(20).Obj()
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			err := replicas[i%3].Reserve(t.Context(), org, types.UID(fmt.Sprintf("pod-%02d", i)), ws())
 			var exceeded *quota.ExceededError
-			require.ErrorAs(t, err, &exceeded)
-			assert.Equal(t, tt.want, exceeded)
-		})
-	}
-}
-
-func TestCharged(t *testing.T) {
-	tests := []struct {
-		class berthv1alpha1.Class
-		gpus  int64
-		want  bool
-	}{
-		{class: berthv1alpha1.ClassWorkspace, gpus: 0, want: true},
-		{class: berthv1alpha1.ClassWorkspace, gpus: 1, want: true},
-		{class: berthv1alpha1.ClassBuild, gpus: 0, want: false},
-		{class: berthv1alpha1.ClassBuild, gpus: 1, want: true},
-		{class: berthv1alpha1.ClassInference, gpus: 0, want: false},
-		{class: berthv1alpha1.ClassInference, gpus: 2, want: true},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("%s/%d", tt.class, tt.gpus), func(t *testing.T) {
-			assert.Equal(t, tt.want, quota.Charged(tt.class, tt.gpus))
-		})
-	}
-}
-
-func TestExceededErrorMessage(t *testing.T) {
-	tests := []struct {
-		name string
-		err  *quota.ExceededError
-		want string
-		// contains are the parts every denial must name: org, limit,
-		// usage and fix.
-		contains []string
-	}{
-		{
-			name:     "maxWorkspaces",
-			err:      &quota.ExceededError{Field: "maxWorkspaces", Org: "acme", Limit: 3, Used: 3, Request: 1},
-			want:     `Organization "acme" already runs 3 of its 3 workspaces (spec.maxWorkspaces); stop one of them (kubectl delete pod) or ask the platform team to raise spec.maxWorkspaces`,
-			contains: []string{`"acme"`, "3 of its 3 workspaces", "stop one of them", "raise spec.maxWorkspaces"},
-		},
-		{
-			name:     "maxGPUs",
-			err:      &quota.ExceededError{Field: "maxGPUs", Org: "acme", Limit: 4, Used: 3, Request: 2},
-			want:     `Organization "acme" has 3 of its 4 GPUs (spec.maxGPUs) in use and this Pod asks for 2 more; stop an inference or workspace Pod, or ask the platform team to raise spec.maxGPUs`,
-			contains: []string{`"acme"`, "3 of its 4 GPUs", "asks for 2 more", "stop an inference or workspace Pod", "raise spec.maxGPUs"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			msg := tt.err.Error()
-			assert.Equal(t, tt.want, msg)
-			for _, s := range tt.contains {
-				assert.Contains(t, msg, s)
+			switch {
+			case err == nil:
+				admitted.Add(1)
+			case !errors.As(err, &exceeded):
+				t.Errorf("pod-%02d: %v", i, err)
 			}
 		})
 	}
+	wg.Wait()
+	assert.EqualValues(t, 20, admitted.Load())
+	entries, err := replicas[0].Entries(t.Context(), org.Name)
+	require.NoError(t, err)
+	assert.Len(t, entries, 20)
+	t.Logf("writes lost to another replica: %d", conflicts.Load())
 }
 
-func TestCheckErrorNamesTheFix(t *testing.T) {
-	err := quota.Check(testutil.Org("acme").MaxGPUs(1).Obj(), nil, gpus("a", berthv1alpha1.ClassInference, 2))
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "has 0 of its 1 GPUs")
-	assert.Contains(t, err.Error(), "raise spec.maxGPUs")
+// failingClient fails every write.
+type failingClient struct{ quota.Client }
+
+func (failingClient) Create(context.Context, client.Object, ...client.CreateOption) error {
+	return errors.New("etcd is down")
+}
+
+func TestAFailedWriteFailsTheReservation(t *testing.T) {
+	l := newLedger(failingClient{fakeClient()})
+	err := l.Reserve(t.Context(), testutil.Org("acme").MaxWorkspaces(1).Obj(), "a", ws())
+	require.ErrorContains(t, err, "etcd is down")
+	var exceeded *quota.ExceededError
+	assert.False(t, errors.As(err, &exceeded))
+}
+
+// The largest org berth claims fits in one ConfigMap, at the longest lines.
+func TestTheFullLedgerFitsAConfigMap(t *testing.T) {
+	c := fakeClient()
+	l := newLedger(c)
+	add := make(map[types.UID]quota.Entry, quota.MaxEntries)
+	for i := range quota.MaxEntries {
+		add[types.UID(fmt.Sprintf("%08d-0000-0000-0000-000000000000", i))] = quota.Entry{Class: berthv1alpha1.ClassInference, GPUs: 99999, Admitted: now}
+	}
+	require.NoError(t, l.Record(t.Context(), "big", add))
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, c.Get(t.Context(), client.ObjectKey{Namespace: "berth-system", Name: quota.Name("big")}, cm))
+	assert.Less(t, len(cm.Data[quota.DataKey]), 1<<20, "a ConfigMap holds at most 1 MiB")
+
+	err := l.Reserve(t.Context(), testutil.Org("big").Obj(), "one-more", ws())
+	var exceeded *quota.ExceededError
+	require.ErrorAs(t, err, &exceeded)
+	assert.Contains(t, err.Error(), "the most berth keeps for one org")
+}
+
+func TestUnreadableLinesAreDropped(t *testing.T) {
+	c := fakeClient()
+	require.NoError(t, c.Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "berth-system", Name: quota.Name("acme")},
+		Data: map[string]string{quota.DataKey: strings.Join([]string{
+			"a workspace 0 1767323045", "garbage", "b inference x 1", "c inference -1 1", "d inference 2 1767323045", "",
+		}, "\n")},
+	}))
+	entries, err := newLedger(c).Entries(t.Context(), "acme")
+	require.NoError(t, err)
+	assert.Equal(t, map[types.UID]quota.Entry{
+		"a": {Class: berthv1alpha1.ClassWorkspace, Admitted: time.Unix(1767323045, 0).UTC()},
+		"d": {Class: berthv1alpha1.ClassInference, GPUs: 2, Admitted: time.Unix(1767323045, 0).UTC()},
+	}, entries)
 }

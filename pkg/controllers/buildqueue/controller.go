@@ -1,15 +1,19 @@
 // Package buildqueue releases queued build Jobs. Builds are admitted
 // suspended; this controller unsuspends them per org, oldest first, while the
-// org runs fewer than spec.maxConcurrentBuilds. It counts on the API server,
-// not a cache, and runs only on the leader, so it never releases one too many.
+// org runs fewer than spec.maxConcurrentBuilds. An org's builds are the build
+// Jobs in its namespaces, never the Jobs that carry its name in a label. It
+// counts on the API server, not a cache, and runs only on the leader, so it
+// never releases one too many.
 package buildqueue
 
 import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,7 +23,6 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/controllers"
-	"berth.dev/berth/webhooks"
 )
 
 // Name is the controller's name.
@@ -43,8 +46,9 @@ func (c *Controller) Name() string { return Name }
 func (c *Controller) Register(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).Named(Name).
 		For(&berthv1alpha1.Organization{}).
-		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgRequest),
+		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgOfNamespace(mgr.GetClient())),
 			builder.WithPredicates(controllers.Labelled)).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(controllers.NamespaceToOrg)).
 		Complete(c)
 }
 
@@ -54,14 +58,15 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := c.client.Get(ctx, req.NamespacedName, org); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	var jobs batchv1.JobList
-	if err := c.reader.List(ctx, &jobs, client.MatchingLabels{
-		berthv1alpha1.LabelClass: string(berthv1alpha1.ClassBuild),
-		berthv1alpha1.LabelOrg:   org.Name,
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("list builds of org %s: %w", org.Name, err)
+	namespaces, err := controllers.OrgNamespaces(ctx, c.client, org.Name)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	plan := Plan(org, jobs.Items)
+	jobs, err := controllers.OrgBuilds(ctx, c.reader, namespaces)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	plan := Plan(org, jobs)
 	log := ctrl.LoggerFrom(ctx)
 	for _, j := range plan.Release {
 		patch := client.MergeFromWithOptions(j.DeepCopy(), client.MergeFromWithOptimisticLock{})
@@ -73,7 +78,7 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("release build %s/%s: %w", j.Namespace, j.Name, err)
 		}
 		log.Info("released build", "org", org.Name, "job", client.ObjectKeyFromObject(j),
-			"queuedAt", j.Annotations[webhooks.AnnotationQueuedAt], "running", plan.Running+1)
+			"queuedAt", j.Annotations[berthv1alpha1.AnnotationQueuedAt], "running", plan.Running+1)
 		plan.Running++
 	}
 	return ctrl.Result{}, nil
@@ -96,7 +101,7 @@ func Plan(org *berthv1alpha1.Organization, jobs []batchv1.Job) Decision {
 			continue
 		}
 		if ptr.Deref(j.Spec.Suspend, false) {
-			if j.Annotations[webhooks.AnnotationQueuedAt] != "" {
+			if j.Annotations[berthv1alpha1.AnnotationQueuedAt] != "" {
 				d.Queued = append(d.Queued, j)
 			}
 			continue
@@ -105,7 +110,7 @@ func Plan(org *berthv1alpha1.Organization, jobs []batchv1.Job) Decision {
 	}
 	sort.SliceStable(d.Queued, func(a, b int) bool {
 		ja, jb := d.Queued[a], d.Queued[b]
-		ta, tb := webhooks.QueuedAt(ja), webhooks.QueuedAt(jb)
+		ta, tb := QueuedAt(ja), QueuedAt(jb)
 		if !ta.Equal(tb) {
 			return ta.Before(tb)
 		}
@@ -120,4 +125,10 @@ func Plan(org *berthv1alpha1.Organization, jobs []batchv1.Job) Decision {
 	}
 	d.Release = d.Queued[:min(slots, len(d.Queued))]
 	return d
+}
+
+// QueuedAt is when a queued build was admitted; zero when it is not queued.
+func QueuedAt(job *batchv1.Job) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, job.Annotations[berthv1alpha1.AnnotationQueuedAt])
+	return t
 }

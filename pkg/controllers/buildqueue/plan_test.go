@@ -11,7 +11,6 @@ import (
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/controllers/buildqueue"
 	"berth.dev/berth/pkg/testutil"
-	"berth.dev/berth/webhooks"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -27,7 +26,7 @@ func build(name string, created time.Time) *testutil.JobBuilder {
 
 // queued is a build berth queued at queuedAt.
 func queued(name string, queuedAt, created time.Time) *testutil.JobBuilder {
-	return build(name, created).Suspend(true).Annotation(webhooks.AnnotationQueuedAt, queuedAt.Format(time.RFC3339Nano))
+	return build(name, created).Suspend(true).Annotation(berthv1alpha1.AnnotationQueuedAt, queuedAt.Format(time.RFC3339Nano))
 }
 
 // running is a build that runs.
@@ -189,7 +188,7 @@ func TestPlan(t *testing.T) {
 			org:  unlimited,
 			jobs: jobs(
 				build("user-suspended", at(0)).Suspend(true),
-				build("empty-annotation", at(0)).Suspend(true).Annotation(webhooks.AnnotationQueuedAt, ""),
+				build("empty-annotation", at(0)).Suspend(true).Annotation(berthv1alpha1.AnnotationQueuedAt, ""),
 				queued("a", at(1), at(1)),
 			),
 			wantQueued:  []string{"a"},

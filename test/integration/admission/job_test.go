@@ -28,7 +28,7 @@ import (
 func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(5))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	patchedBefore, unchangedBefore := podMutations(t, "patched"), podMutations(t, "unchanged")
 
@@ -40,7 +40,7 @@ func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
 	assert.Equal(t, org.Name, tmpl.Labels[berthv1alpha1.LabelOrg])
 	assert.Equal(t, "false", tmpl.Annotations[webhooks.AnnotationSafeToEvict])
 	assert.Equal(t, "true", tmpl.Annotations[webhooks.AnnotationDoNotDisrupt])
-	assert.NotEmpty(t, job.Annotations[webhooks.AnnotationQueuedAt], "builds are admitted through the queue")
+	assert.NotEmpty(t, job.Annotations[berthv1alpha1.AnnotationQueuedAt], "builds are admitted through the queue")
 	scratch := volume(tmpl.Spec.Volumes, webhooks.ScratchVolume)
 	require.NotNil(t, scratch, "scratch volume")
 	assert.Equal(t, "20Gi", scratch.EmptyDir.SizeLimit.String())
@@ -87,7 +87,7 @@ func TestBuildJobTemplateIsMutatedAndItsPodPassesUnchanged(t *testing.T) {
 func TestQueuedBuildsAreReleasedInOrder(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(1))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	const n = 5
 	var names []string
@@ -123,7 +123,7 @@ func TestQueuedBuildsAreReleasedInOrder(t *testing.T) {
 func TestUsersCannotReleaseTheirOwnQueuedBuild(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxConcurrentBuilds(0))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 	job := testutil.Job("waiting").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()
 	env.Create(t, job)
 	require.True(t, ptr.Deref(job.Spec.Suspend, false), "over quota, the build waits suspended")
@@ -178,7 +178,7 @@ func volume(vs []corev1.Volume, name string) *corev1.Volume {
 func TestBuildGetsTheOrgsCache(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).BuildCacheClaim("m2-cache").BuildScratch("5Gi", "8Gi"))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	job := testutil.Job("cached").Namespace(ns).Class(berthv1alpha1.ClassBuild).Command("gradle", "build").Obj()
 	env.Create(t, job)

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"berth.dev/berth/test/framework"
 )
@@ -44,4 +46,18 @@ func podMutations(t *testing.T, result string) float64 {
 	n, err := manager.MetricValue("berth_webhook_mutations_total", `kind="Pod"`, `result="`+result+`"`)
 	require.NoError(t, err)
 	return n
+}
+
+// orgNamespace creates a namespace of org for one test, in which the API
+// server itself enforces Pod Security "restricted" with the upstream
+// evaluator: every Pod an admission test admits there passes it.
+func orgNamespace(t *testing.T, env *framework.ClusterEnv, org string) string {
+	t.Helper()
+	ns := env.Namespace(t, org)
+	obj := &corev1.Namespace{}
+	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Name: ns}, obj))
+	obj.Labels["pod-security.kubernetes.io/enforce"] = "restricted"
+	obj.Labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+	require.NoError(t, env.Client.Update(t.Context(), obj))
+	return ns
 }

@@ -2,8 +2,6 @@ package admission
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -11,12 +9,12 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
-	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 )
@@ -33,7 +31,7 @@ func orgName() string { return "org-" + rand.String(6) }
 func TestPodSecurityRestrictedAdmitsBerthPods(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 	// Pod Security "restricted", enforced by the API server itself.
 	nsObj := &corev1.Namespace{}
 	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Name: ns}, nsObj))
@@ -45,8 +43,8 @@ func TestPodSecurityRestrictedAdmitsBerthPods(t *testing.T) {
 	require.Error(t, err, "without berth, a Pod with no security context breaks restricted")
 	assert.Contains(t, err.Error(), `violates PodSecurity "restricted:latest"`)
 
-	for _, class := range []berthv1alpha1.Class{berthv1alpha1.ClassWorkspace, berthv1alpha1.ClassBuild} {
-		pod := testutil.Pod("with-berth-" + string(class)).Namespace(ns).Class(class).User("ana").Obj()
+	for _, class := range []berthv1alpha1.Class{berthv1alpha1.ClassWorkspace, berthv1alpha1.ClassInference} {
+		pod := testutil.Pod("with-berth-"+string(class)).Namespace(ns).Class(class).User("ana").Resource("nvidia.com/gpu", "1").Obj()
 		require.NoError(t, env.Client.Create(t.Context(), pod), "berth hardens a %s Pod so restricted admits it", class)
 		got := &corev1.Pod{}
 		require.NoError(t, env.Client.Get(t.Context(), client.ObjectKeyFromObject(pod), got))
@@ -60,7 +58,7 @@ func TestPodSecurityRestrictedAdmitsBerthPods(t *testing.T) {
 func TestTenantComesFromTheNamespace(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	patched := podMutations(t, "patched")
 	pod := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Label(berthv1alpha1.LabelOrg, "someone-else").Obj()
@@ -110,7 +108,7 @@ func TestResourcesAreDefaultedAndCapped(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).
 		ClassDefault(berthv1alpha1.ClassWorkspace, "1", "2Gi").ClassMax(berthv1alpha1.ClassWorkspace, "2", "4Gi"))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	pod := testutil.Pod("defaults").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
 	env.Create(t, pod)
@@ -140,21 +138,43 @@ func TestResourcesAreDefaultedAndCapped(t *testing.T) {
 func TestUnsafePodsAreDenied(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 	tests := map[string]struct {
 		mutate func(*corev1.Pod)
 		want   string
 	}{
 		"privileged": {func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
-		}, "spec.containers[0].securityContext.privileged: Forbidden"},
-		"host network": {func(p *corev1.Pod) { p.Spec.HostNetwork = true }, "spec.hostNetwork: Forbidden"},
+		}, `privileged (container "main" must not set securityContext.privileged=true)`},
+		"host network": {func(p *corev1.Pod) { p.Spec.HostNetwork = true }, "host namespaces (hostNetwork=true)"},
 		"host path": {func(p *corev1.Pod) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
-		}, "spec.volumes[0].hostPath: Forbidden"},
+		}, `hostPath volumes (volume "root")`},
 		"root": {func(p *corev1.Pod) {
 			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0)}
-		}, "spec.securityContext.runAsUser: Invalid value: 0: running as root is not allowed"},
+		}, "runAsUser=0 (pod must not set runAsUser=0)"},
+		"seccomp Unconfined": {func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+		}, "seccompProfile"},
+		"AppArmor Unconfined": {func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined}}
+		}, "AppArmor"},
+		"SELinux type": {func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{SELinuxOptions: &corev1.SELinuxOptions{Type: "spc_t"}}
+		}, "seLinuxOptions"},
+		"procMount Unmasked": {func(p *corev1.Pod) {
+			p.Spec.HostUsers = ptr.To(false)
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{ProcMount: ptr.To(corev1.UnmaskedProcMount)}
+		}, "procMount"},
+		"nfs volume": {func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "share", VolumeSource: corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{Server: "nfs.example", Path: "/"}}}}
+		}, "restricted volume types"},
+		"unsafe sysctl": {func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "65536"}}}
+		}, "kernel.msgmax"},
+		"probe on a node address": {func(p *corev1.Pod) {
+			p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Host: "169.254.169.254", Port: intstr.FromInt32(80)}}}
+		}, "169.254.169.254"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -163,6 +183,7 @@ func TestUnsafePodsAreDenied(t *testing.T) {
 			err := env.Client.Create(t.Context(), pod)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), `violates Pod Security "restricted:latest"`)
 		})
 	}
 }
@@ -170,7 +191,7 @@ func TestUnsafePodsAreDenied(t *testing.T) {
 func TestWorkspaceQuotaAndStatus(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxWorkspaces(2))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 
 	a := testutil.Pod("ws-a").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
 	b := testutil.Pod("ws-b").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
@@ -212,88 +233,4 @@ func ignoreForbidden(err error) error {
 		return nil
 	}
 	return err
-}
-
-// Far from its limit an org's workspaces are admitted in the mutating call,
-// under berth-manager's quota hold: each carries a token berth chose, the
-// API server does not call the validating webhook for it, its token is a
-// ledger entry within a tick, the token cannot be changed, and deleting the
-// Pod releases its entry.
-func TestHeldWorkspacesTakeOneWebhookCall(t *testing.T) {
-	env := setup(t)
-	org := newOrg(t, env, testutil.Org(orgName()).MaxWorkspaces(1000))
-	ns := env.Namespace(t, org.Name)
-	validations := func() float64 {
-		n, err := manager.MetricValue("berth_webhook_duration_seconds_count", `kind="Pod"`, `phase="validate"`)
-		require.NoError(t, err)
-		return n
-	}
-	before := validations()
-	var held []*corev1.Pod
-	const creates = 12
-	for i := range creates {
-		// The first create takes the hold through the validating webhook;
-		// the next ones are admitted under it.
-		p := testutil.Pod(fmt.Sprintf("ws-%02d", i)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).
-			Label(berthv1alpha1.LabelQuotaToken, "forged").Annotation(berthv1alpha1.AnnotationQuota, "no").Obj()
-		env.Create(t, p)
-		tok := p.Labels[berthv1alpha1.LabelQuotaToken]
-		assert.NotEqual(t, "forged", tok, "a token the user wrote is replaced")
-		if tok != "" {
-			assert.NotContains(t, p.Annotations, berthv1alpha1.AnnotationQuota, "a held Pod is not sent to the validating webhook")
-			held = append(held, p)
-		} else {
-			assert.Equal(t, berthv1alpha1.QuotaCharged, p.Annotations[berthv1alpha1.AnnotationQuota])
-		}
-	}
-	require.GreaterOrEqual(t, len(held), creates-2, "workspaces admitted under the hold")
-	assert.Equal(t, float64(creates-len(held)), validations()-before, "validating calls: only the Pods not held")
-
-	ledger := func(ctx context.Context) (map[string]bool, error) {
-		cm := &corev1.ConfigMap{}
-		err := env.Client.Get(ctx, client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm)
-		keys := map[string]bool{}
-		for _, line := range strings.Split(cm.Data[quota.DataKey], "\n") {
-			if k, _, ok := strings.Cut(line, " "); ok {
-				keys[k] = true
-			}
-		}
-		return keys, err
-	}
-	framework.Eventually(t, 30*time.Second, "every held token is a ledger entry", func(ctx context.Context) (bool, error) {
-		keys, err := ledger(ctx)
-		for _, p := range held {
-			if !keys[quota.TokenKey(ns, p.Labels[berthv1alpha1.LabelQuotaToken])] {
-				return false, err
-			}
-		}
-		return len(keys) == creates, err
-	})
-
-	// The token ties the Pod to its entry: it cannot be changed or removed.
-	for _, change := range []func(*corev1.Pod){
-		func(p *corev1.Pod) {
-			p.Labels[berthv1alpha1.LabelQuotaToken] = held[1].Labels[berthv1alpha1.LabelQuotaToken]
-		},
-		func(p *corev1.Pod) { delete(p.Labels, berthv1alpha1.LabelQuotaToken) },
-	} {
-		p := held[0].DeepCopy()
-		change(p)
-		err := env.Client.Patch(t.Context(), p, client.MergeFrom(held[0]))
-		require.Error(t, err)
-		assert.True(t, apierrors.IsInvalid(err), "%v", err)
-		assert.Contains(t, err.Error(), "the quota token is set by berth at admission and cannot change")
-	}
-
-	gone := held[0]
-	require.NoError(t, env.Client.Delete(t.Context(), gone, client.GracePeriodSeconds(0)))
-	framework.Eventually(t, 30*time.Second, "the deleted Pod's token entry is released", func(ctx context.Context) (bool, error) {
-		keys, err := ledger(ctx)
-		return !keys[quota.TokenKey(ns, gone.Labels[berthv1alpha1.LabelQuotaToken])] && len(keys) == creates-1, err
-	})
-	framework.Eventually(t, 30*time.Second, "status counts the held workspaces", func(ctx context.Context) (bool, error) {
-		got := &berthv1alpha1.Organization{}
-		err := env.Client.Get(ctx, client.ObjectKeyFromObject(org), got)
-		return got.Status.Workspaces == creates-1, err
-	})
 }

@@ -28,46 +28,37 @@ import (
 )
 
 // A mutating webhook called after berth's that changes the Pod makes the
-// API server call berth's again. For a workspace admitted under a hold, the
-// second call takes a second slot with a new token; the first slot's entry,
-// which no Pod carries, is released by orgstatus after the grace period.
-// Nothing is admitted uncharged, and the org ends charged once per Pod.
-func TestReinvokedHeldWorkspaceIsChargedOnce(t *testing.T) {
+// API server call berth's again. The charge is taken once, by the
+// validating webhook, keyed by the Pod's UID: the org ends charged once per
+// Pod, with no slot to release later.
+func TestReinvokedWorkspaceIsChargedOnce(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxWorkspaces(1000))
-	ns := env.Namespace(t, org.Name)
+	ns := orgNamespace(t, env, org.Name)
 	later := laterWebhook(t, env, ns)
 
-	// The first workspace takes the hold; the next are admitted under it.
 	for i := range 3 {
 		env.Create(t, testutil.Pod(fmt.Sprintf("ws-%d", i)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj())
 	}
 	var pods corev1.PodList
 	require.NoError(t, env.Client.List(t.Context(), &pods, client.InNamespace(ns)))
-	held := 0
+	uids := map[string]bool{}
 	for _, p := range pods.Items {
 		assert.Equal(t, "yes", p.Annotations[laterAnnotation], "the later webhook changed %s", p.Name)
-		if p.Labels[berthv1alpha1.LabelQuotaToken] != "" {
-			held++
-		}
+		uids[string(p.UID)] = true
 	}
-	require.Positive(t, held, "workspaces admitted under the hold")
 	assert.GreaterOrEqual(t, later.calls.Load(), int64(3), "the later webhook was called for every Pod")
 
-	entries := func(ctx context.Context) (int, error) {
-		cm := &corev1.ConfigMap{}
-		err := env.Client.Get(ctx, client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm)
-		return strings.Count(cm.Data[quota.DataKey], "\n"), client.IgnoreNotFound(err)
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm))
+	var charged []string
+	for line := range strings.Lines(cm.Data[quota.DataKey]) {
+		charged = append(charged, strings.Fields(line)[0])
 	}
-	// Each reinvoked held Pod took two slots for a moment.
-	framework.Eventually(t, 30*time.Second, "the second slots written", func(ctx context.Context) (bool, error) {
-		n, err := entries(ctx)
-		return n > 3, err
-	})
-	framework.Eventually(t, 90*time.Second, "one entry per Pod once the orphaned slots are released", func(ctx context.Context) (bool, error) {
-		n, err := entries(ctx)
-		return n == 3, err
-	})
+	require.Len(t, charged, 3, "one entry per Pod")
+	for _, uid := range charged {
+		assert.True(t, uids[uid], "entry %s is a Pod's UID", uid)
+	}
 	framework.Eventually(t, 30*time.Second, "status.workspaces = 3", func(ctx context.Context) (bool, error) {
 		got := &berthv1alpha1.Organization{}
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(org), got)

@@ -8,16 +8,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/quota"
+	"berth.dev/berth/pkg/requests"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 )
@@ -27,10 +29,10 @@ const (
 	creates  = 50
 )
 
-// TestQuotaHoldsUnderConcurrentCreatesOnThreeReplicas starts three
+// TestQuotaIsExactUnderConcurrentCreatesOnThreeReplicas starts three
 // berth-manager processes behind a round-robin TCP balancer (the part a
 // Service plays in a cluster) and sends 50 concurrent creates per quota.
-func TestQuotaHoldsUnderConcurrentCreatesOnThreeReplicas(t *testing.T) {
+func TestQuotaIsExactUnderConcurrentCreatesOnThreeReplicas(t *testing.T) {
 	env := framework.Cluster(t)
 	lb := newBalancer(t)
 	var managers []*framework.Process
@@ -57,44 +59,35 @@ func TestQuotaHoldsUnderConcurrentCreatesOnThreeReplicas(t *testing.T) {
 		assert.Equal(t, limit, countIn(pods.Items, ns), "workspace Pods stored")
 	})
 
-	// Far from its limit an org's workspaces are admitted under each
-	// replica's hold, without a ledger write each; near it the holds are
-	// returned and every admission writes again. Neither admits one too many.
-	t.Run("maxWorkspaces under holds", func(t *testing.T) {
-		const limit = 120
-		org := testutil.Org("burst-held").MaxWorkspaces(limit).Obj()
+	// A sidecar's GPU counts beside the main container's.
+	t.Run("maxGPUs counts sidecars", func(t *testing.T) {
+		const limit = 6
+		org := testutil.Org("burst-gpu-build").MaxGPUs(limit).Obj()
 		env.Create(t, org)
 		ns := env.Namespace(t, org.Name)
-		create := func(i int) error {
-			return env.Client.Create(t.Context(), testutil.Pod(fmt.Sprintf("ws-%03d", i)).Namespace(ns).
-				Class(berthv1alpha1.ClassWorkspace).Obj())
-		}
-		writes := func() float64 {
-			var n float64
-			for _, m := range managers {
-				v, err := m.MetricValue("berth_webhook_quota_write_seconds_count")
-				require.NoError(t, err)
-				n += v
+		admitted := burst(t, func(i int) error {
+			pod := testutil.Pod(fmt.Sprintf("vllm-%02d", i)).Namespace(ns).Class(berthv1alpha1.ClassInference).Resource("nvidia.com/gpu", "1")
+			if i%2 == 1 {
+				// A sidecar's GPU adds to the main container's.
+				pod = pod.InitContainer(corev1.Container{Name: "side", Image: testutil.DefaultImage, RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+					Resources: corev1.ResourceRequirements{
+						Requests: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")},
+						Limits:   corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")},
+					}})
 			}
-			return n
-		}
-		before := writes()
-		assert.Equal(t, 60, burstN(t, 60, create), "admitted far from the limit")
-		far := writes() - before
-		t.Logf("ledger writes for 60 admissions far from the limit: %.0f", far)
-		assert.Less(t, far, 30.0, "ledger writes for 60 admissions under holds")
-		assert.Equal(t, 60, burstN(t, 100, func(i int) error { return create(60 + i) }), "admitted up to the limit")
+			return env.Client.Create(t.Context(), pod.Obj())
+		})
 		var pods corev1.PodList
-		require.NoError(t, env.Client.List(t.Context(), &pods))
-		assert.Equal(t, limit, countIn(pods.Items, ns), "workspace Pods stored")
-
-		// Within a few ticks every admitted Pod is a ledger entry and no
-		// replica holds slots any more.
-		require.Eventually(t, func() bool {
-			cm := &corev1.ConfigMap{}
-			require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm))
-			return strings.Count(cm.Data[quota.DataKey], "\n") == limit && cm.Data[quota.HoldsKey] == ""
-		}, 30*time.Second, 200*time.Millisecond, "ledger holds %d entries and no holds", limit)
+		require.NoError(t, env.Client.List(t.Context(), &pods, client.InNamespace(ns)))
+		var held int64
+		for _, p := range pods.Items {
+			held += requests.GPUs(&p.Spec)
+		}
+		assert.LessOrEqual(t, held, int64(limit), "GPUs held by the %d admitted Pods", admitted)
+		assert.GreaterOrEqual(t, held, int64(limit-1), "the limit is used up to the last GPU that fits")
+		cm := &corev1.ConfigMap{}
+		require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Namespace: "berth-system", Name: quota.Name(org.Name)}, cm))
+		assert.Equal(t, admitted, strings.Count(cm.Data[quota.DataKey], "\n"), "one ledger entry per admitted Pod, by UID")
 	})
 
 	t.Run("maxGPUs", func(t *testing.T) {

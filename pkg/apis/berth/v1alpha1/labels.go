@@ -1,6 +1,6 @@
 package v1alpha1
 
-// The label and annotation contract between berth and its users. See DESIGN.md,
+// The label and annotation contract between berth and its users. See docs/design.md,
 // "The contract with users".
 const (
 	// LabelOrg on a Namespace names the Organization that owns it. It is
@@ -17,18 +17,17 @@ const (
 	LabelProject = "berth.dev/project"
 	// AnnotationLastActivity is the RFC 3339 heartbeat of a workspace.
 	AnnotationLastActivity = "berth.dev/last-activity"
-	// AnnotationQuota is set by the webhook to QuotaCharged on a Pod that
-	// counts against a limit of its org: only such Pods are sent to the
-	// validating webhook, which writes the quota ledger.
+	// AnnotationQuota is set by the mutating webhook to QuotaCharged on a
+	// Pod that counts against a limit of its org, and removed from every
+	// other: only such Pods' creates are sent to the validating webhook,
+	// which writes the quota ledger.
 	AnnotationQuota = "berth.dev/quota"
 	// QuotaCharged is AnnotationQuota's value.
 	QuotaCharged = "charged"
-	// LabelQuotaToken is set by the mutating webhook on a workspace it
-	// admitted under its replica's quota hold, in place of AnnotationQuota:
-	// the ledger entry is keyed by this token, since a Pod created with
-	// generateName has no name yet. Whatever a user writes there on create
-	// is replaced, and changing it later is denied.
-	LabelQuotaToken = "berth.dev/quota-token"
+	// AnnotationQueuedAt marks a build Job berth queued, with the time it
+	// was admitted (RFC 3339); queued builds are released oldest first. Only
+	// berth sets or changes it.
+	AnnotationQueuedAt = "berth.dev/queued-at"
 )
 
 // Class is the kind of developer workload a Pod or Job is.
@@ -54,3 +53,7 @@ func ParseClass(s string) (Class, bool) {
 	}
 	return "", false
 }
+
+// SystemLabels are the labels berth decides: once a Pod or Job is created,
+// no user may add, change or remove them.
+var SystemLabels = []string{LabelClass, LabelOrg}
