@@ -18,7 +18,7 @@ import (
 	"github.com/go-logr/logr"
 )
 
-// Source reads blobs. AzureStore is the real one, Fake the test double.
+// Source reads blobs. AzureStore is the real one, blobtest.Fake the test double.
 type Source interface {
 	// Download opens container/name from offset on; with etag set, the blob
 	// must still be that version, or the error wraps ErrChanged.

@@ -16,7 +16,7 @@ import (
 	"github.com/go-logr/logr"
 )
 
-// Sink writes blobs. AzureStore is the real one, Fake the test double.
+// Sink writes blobs. AzureStore is the real one, blobtest.Fake the test double.
 type Sink interface {
 	// Upload writes body to container/name, replacing the blob only once
 	// the whole body is stored.

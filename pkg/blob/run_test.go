@@ -1,4 +1,4 @@
-package blob
+package blob_test
 
 import (
 	"archive/zip"
@@ -11,12 +11,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"berth.dev/berth/pkg/blob"
+	"berth.dev/berth/pkg/blob/blobtest"
 )
 
-func runOpts(t *testing.T) RunOptions {
+func runOpts(t *testing.T) blob.RunOptions {
 	dir := t.TempDir()
-	return RunOptions{
-		Project: "shop", Containers: DefaultContainers(),
+	return blob.RunOptions{
+		Project: "shop", Containers: blob.DefaultContainers(),
 		OutputsDir: filepath.Join(dir, "out"), LogFile: filepath.Join(dir, ".berth", "build.log"),
 		Stdout: io.Discard, Stderr: io.Discard, Backoff: fastBackoff,
 	}
@@ -37,7 +40,7 @@ func zipNames(t *testing.T, b []byte) map[string]string {
 }
 
 func TestRunDeliversLogAndResults(t *testing.T) {
-	f := NewFake()
+	f := blobtest.NewFake()
 	o := runOpts(t)
 	var stdout bytes.Buffer
 	o.Stdout = &stdout
@@ -45,7 +48,7 @@ func TestRunDeliversLogAndResults(t *testing.T) {
 	script := `mkdir -p "$OUT/lib" "$DIST" && echo built > "$OUT/lib/app.jar" && echo v > "$DIST/app-1.2.0.jar" && echo to-stdout && echo to-stderr >&2`
 	t.Setenv("OUT", o.OutputsDir)
 	t.Setenv("DIST", o.ArtifactsDir)
-	code, err := Run(t.Context(), f, o, []string{"sh", "-c", script})
+	code, err := blob.Run(t.Context(), f, o, []string{"sh", "-c", script})
 	require.NoError(t, err)
 	assert.Equal(t, 0, code)
 	assert.Equal(t, "to-stdout\n", stdout.String(), "the container log still gets the output")
@@ -64,8 +67,8 @@ func TestRunDeliversLogAndResults(t *testing.T) {
 }
 
 func TestRunFailedCommandUploadsOnlyTheLog(t *testing.T) {
-	f := NewFake()
-	code, err := Run(t.Context(), f, runOpts(t), []string{"sh", "-c", "echo broken; exit 3"})
+	f := blobtest.NewFake()
+	code, err := blob.Run(t.Context(), f, runOpts(t), []string{"sh", "-c", "echo broken; exit 3"})
 	require.NoError(t, err)
 	assert.Equal(t, 3, code, "the exit code is the command's")
 	log, _, ok := f.Get("projects", "shop/logs/build.log")
@@ -76,14 +79,14 @@ func TestRunFailedCommandUploadsOnlyTheLog(t *testing.T) {
 }
 
 func TestRunFailsWhenAnUploadFails(t *testing.T) {
-	f := NewFake()
+	f := blobtest.NewFake()
 	f.UploadHook = func(_, name string) error {
 		if name == "shop/build/result.zip" {
 			return errors.New("connection refused")
 		}
 		return nil
 	}
-	code, err := Run(t.Context(), f, runOpts(t), []string{"true"})
+	code, err := blob.Run(t.Context(), f, runOpts(t), []string{"true"})
 	require.Error(t, err)
 	assert.Equal(t, 0, code, "the command succeeded; the caller turns the error into ExitUploadFailed")
 	assert.Contains(t, err.Error(), "giving up after 3 attempts")
@@ -91,12 +94,12 @@ func TestRunFailsWhenAnUploadFails(t *testing.T) {
 }
 
 func TestRunIsSafeToRepeat(t *testing.T) {
-	f := NewFake()
+	f := blobtest.NewFake()
 	o := runOpts(t)
 	require.NoError(t, os.MkdirAll(o.OutputsDir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(o.OutputsDir, "a"), []byte("1"), 0o644))
 	for range 2 {
-		code, err := Run(t.Context(), f, o, []string{"true"})
+		code, err := blob.Run(t.Context(), f, o, []string{"true"})
 		require.NoError(t, err)
 		require.Equal(t, 0, code)
 	}
@@ -105,7 +108,7 @@ func TestRunIsSafeToRepeat(t *testing.T) {
 }
 
 func TestRunMissingCommand(t *testing.T) {
-	code, err := Run(t.Context(), NewFake(), runOpts(t), []string{"/no/such/command"})
+	code, err := blob.Run(t.Context(), blobtest.NewFake(), runOpts(t), []string{"/no/such/command"})
 	require.Error(t, err)
 	assert.Equal(t, 127, code)
 }
@@ -117,7 +120,7 @@ func TestZipDirStoresIncompressibleFiles(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "random.bin"), random, 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "text.txt"), bytes.Repeat([]byte("hello world\n"), 10000), 0o644))
 	var buf bytes.Buffer
-	require.NoError(t, ZipDir(t.Context(), dir, &buf))
+	require.NoError(t, blob.ZipDir(t.Context(), dir, &buf))
 	zr, err := zip.NewReader(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
 	require.NoError(t, err)
 	methods := map[string]uint16{}
@@ -134,21 +137,21 @@ func TestZipDirStoresIncompressibleFiles(t *testing.T) {
 func TestRunResultWithAndWithoutSpooling(t *testing.T) {
 	tests := []struct {
 		name        string
-		adjust      func(o *RunOptions)
+		adjust      func(o *blob.RunOptions)
 		fileUploads int
 	}{
-		{name: "spooled", adjust: func(*RunOptions) {}, fileUploads: 1},
-		{name: "above the spool limit", adjust: func(o *RunOptions) { o.SpoolLimit = 4 }},
-		{name: "spooling off", adjust: func(o *RunOptions) { o.SpoolLimit = -1 }},
-		{name: "spool dir missing", adjust: func(o *RunOptions) { o.SpoolDir = filepath.Join(t.TempDir(), "gone") }},
+		{name: "spooled", adjust: func(*blob.RunOptions) {}, fileUploads: 1},
+		{name: "above the spool limit", adjust: func(o *blob.RunOptions) { o.SpoolLimit = 4 }},
+		{name: "spooling off", adjust: func(o *blob.RunOptions) { o.SpoolLimit = -1 }},
+		{name: "spool dir missing", adjust: func(o *blob.RunOptions) { o.SpoolDir = filepath.Join(t.TempDir(), "gone") }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := NewFake()
+			f := blobtest.NewFake()
 			o := runOpts(t)
 			tt.adjust(&o)
 			t.Setenv("OUT", o.OutputsDir)
-			code, err := Run(t.Context(), f, o, []string{"sh", "-c", `mkdir -p "$OUT" && printf 'hello world' > "$OUT/a.txt"`})
+			code, err := blob.Run(t.Context(), f, o, []string{"sh", "-c", `mkdir -p "$OUT" && printf 'hello world' > "$OUT/a.txt"`})
 			require.NoError(t, err)
 			assert.Equal(t, 0, code)
 			res, _, ok := f.Get("projects", "shop/build/result.zip")

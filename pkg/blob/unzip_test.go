@@ -1,4 +1,4 @@
-package blob
+package blob_test
 
 import (
 	"archive/zip"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"berth.dev/berth/pkg/blob"
 )
 
 // entry is one member of a test archive.
@@ -92,9 +94,9 @@ func putU32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 }
 
-func unzipBytes(t testing.TB, b []byte, dest string, l Limits) (UnzipStats, error) {
+func unzipBytes(t testing.TB, b []byte, dest string, l blob.Limits) (blob.UnzipStats, error) {
 	t.Helper()
-	return Unzip(t.Context(), bytes.NewReader(b), int64(len(b)), dest, l)
+	return blob.Unzip(t.Context(), bytes.NewReader(b), int64(len(b)), dest, l)
 }
 
 func TestUnzipExtractsAProject(t *testing.T) {
@@ -107,9 +109,9 @@ func TestUnzipExtractsAProject(t *testing.T) {
 		entry{name: "link", body: "src/main/App.java", mode: fs.ModeSymlink | 0o777},
 		entry{name: "src/main/up", body: "../../pom.xml", mode: fs.ModeSymlink | 0o777},
 	)
-	st, err := unzipBytes(t, b, dest, Limits{})
+	st, err := unzipBytes(t, b, dest, blob.Limits{})
 	require.NoError(t, err)
-	assert.Equal(t, UnzipStats{Files: 3, Dirs: 1, Symlinks: 2, Bytes: int64(len("<project/>") + len("class App {}") + len("#!/bin/sh\n"))}, st)
+	assert.Equal(t, blob.UnzipStats{Files: 3, Dirs: 1, Symlinks: 2, Bytes: int64(len("<project/>") + len("class App {}") + len("#!/bin/sh\n"))}, st)
 	got, err := os.ReadFile(filepath.Join(dest, "link"))
 	require.NoError(t, err)
 	assert.Equal(t, "class App {}", string(got))
@@ -122,7 +124,7 @@ func TestUnzipExtractsAProject(t *testing.T) {
 // refused with an error naming the entry and what is wrong, and that
 // nothing lands outside the destination.
 func TestUnzipRefusesMaliciousArchives(t *testing.T) {
-	small := Limits{MaxEntries: 10, MaxTotalBytes: 8 << 20, MaxFileBytes: 4 << 20, MaxRatio: 100}
+	small := blob.Limits{MaxEntries: 10, MaxTotalBytes: 8 << 20, MaxFileBytes: 4 << 20, MaxRatio: 100}
 	many := make([]entry, 11)
 	for i := range many {
 		many[i] = entry{name: strings.Repeat("f", i+1), body: "x"}
@@ -161,10 +163,10 @@ func TestUnzipRefusesMaliciousArchives(t *testing.T) {
 			dest := filepath.Join(root, "a", "src")
 			_, err := unzipBytes(t, archive(t, tc.entries...), dest, small)
 			require.Error(t, err)
-			var ue *UnsafeArchiveError
+			var ue *blob.UnsafeArchiveError
 			require.True(t, errors.As(err, &ue), "error %v is an UnsafeArchiveError", err)
 			assert.Contains(t, err.Error(), tc.want)
-			assert.True(t, IsPermanent(err), "no retry fixes an unsafe archive")
+			assert.True(t, blob.IsPermanent(err), "no retry fixes an unsafe archive")
 			// Nothing outside dest.
 			entries, _ := os.ReadDir(filepath.Join(root, "a"))
 			for _, e := range entries {
@@ -174,9 +176,4 @@ func TestUnzipRefusesMaliciousArchives(t *testing.T) {
 			assert.True(t, errors.Is(statErr, fs.ErrNotExist))
 		})
 	}
-}
-
-func TestUnzipLimitsDefault(t *testing.T) {
-	l := Limits{}.withDefaults()
-	assert.Equal(t, DefaultLimits(), l)
 }

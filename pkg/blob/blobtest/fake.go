@@ -1,4 +1,4 @@
-package blob
+package blobtest
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"berth.dev/berth/pkg/blob"
 )
 
 // Fake is an in-memory blob store for unit tests. Hooks inject failures.
@@ -41,10 +43,12 @@ type fakeBlob struct {
 }
 
 var (
-	_ Source = &Fake{}
-	_ Sink   = &Fake{}
-	_ Signer = &Fake{}
+	_ blob.Source = &Fake{}
+	_ blob.Sink   = &Fake{}
+	_ blob.Signer = &Fake{}
 )
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // NewFake returns an empty Fake.
 func NewFake() *Fake { return &Fake{blobs: map[string]*fakeBlob{}} }
@@ -95,8 +99,8 @@ func (f *Fake) Get(container, name string) ([]byte, string, bool) {
 	return bytes.Clone(b.data), b.ctype, true
 }
 
-// Download implements Source.
-func (f *Fake) Download(ctx context.Context, container, name string, offset int64, etag string) (*Object, error) {
+// Download implements blob.Source.
+func (f *Fake) Download(ctx context.Context, container, name string, offset int64, etag string) (*blob.Object, error) {
 	f.mu.Lock()
 	f.Downloads++
 	hook, brk := f.DownloadHook, f.BreakAfter
@@ -108,24 +112,24 @@ func (f *Fake) Download(ctx context.Context, container, name string, offset int6
 		}
 	}
 	if !ok {
-		return nil, Permanent(fmt.Errorf("%s/%s does not exist: %w", container, name, ErrNotFound))
+		return nil, blob.Permanent(fmt.Errorf("%s/%s does not exist: %w", container, name, blob.ErrNotFound))
 	}
 	if etag != "" && etag != b.etag {
-		return nil, fmt.Errorf("%s/%s: %w", container, name, ErrChanged)
+		return nil, fmt.Errorf("%s/%s: %w", container, name, blob.ErrChanged)
 	}
 	var body io.Reader = bytes.NewReader(b.data[offset:])
 	if brk > 0 && int64(len(b.data))-offset > brk {
 		body = io.MultiReader(io.LimitReader(body, brk), errReader{})
 	}
-	return &Object{Body: io.NopCloser(body), Size: int64(len(b.data)), ETag: b.etag, MD5: b.md5, CRC32C: b.crc32c, CRC64: b.crc64}, nil
+	return &blob.Object{Body: io.NopCloser(body), Size: int64(len(b.data)), ETag: b.etag, MD5: b.md5, CRC32C: b.crc32c, CRC64: b.crc64}, nil
 }
 
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
 
-// Upload implements Sink.
-func (f *Fake) Upload(ctx context.Context, container, name string, body io.Reader, o UploadOptions) error {
+// Upload implements blob.Sink.
+func (f *Fake) Upload(ctx context.Context, container, name string, body io.Reader, o blob.UploadOptions) error {
 	f.mu.Lock()
 	f.Uploads++
 	hook := f.UploadHook
@@ -146,8 +150,8 @@ func (f *Fake) Upload(ctx context.Context, container, name string, body io.Reade
 	return nil
 }
 
-// UploadFile implements Sink. It fails when o.CRC32C is not the file's.
-func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.File, o UploadOptions) error {
+// UploadFile implements blob.Sink. It fails when o.CRC32C is not the file's.
+func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.File, o blob.UploadOptions) error {
 	f.mu.Lock()
 	f.FileUploads++
 	f.mu.Unlock()
@@ -161,10 +165,10 @@ func (f *Fake) UploadFile(ctx context.Context, container, name string, file *os.
 	if o.Progress != nil {
 		o.Progress(int64(len(data)))
 	}
-	return f.Upload(ctx, container, name, bytes.NewReader(data), UploadOptions{ContentType: o.ContentType})
+	return f.Upload(ctx, container, name, bytes.NewReader(data), blob.UploadOptions{ContentType: o.ContentType})
 }
 
-// ReadURL implements Signer with a fake URL.
+// ReadURL implements blob.Signer with a fake URL.
 func (f *Fake) ReadURL(ctx context.Context, container, name string, expiry time.Time) (string, error) {
 	return fmt.Sprintf("https://fake.blob/%s/%s?se=%s&sp=r", container, name, expiry.UTC().Format(time.RFC3339)), nil
 }
