@@ -10,6 +10,9 @@ TOOLS_ENV = eval "$$(bash hack/tools.sh env)"
 # Integration test packages each start their own local cluster.
 INTEGRATION_PKGS := ./test/...
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/test/')
+# The packages of the Go files git tracks (hack/tools/etcd is a module of its
+# own), so that leftovers such as bin/ never change what is linted.
+LINT_PKGS = $(patsubst %/,./%,$(sort $(dir $(wildcard $(shell git ls-files -- '*.go' ':!:hack/tools/')))))
 CLUSTER_FLAGS ?=
 TEST_FLAGS ?=
 
@@ -18,7 +21,7 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: tools
-tools: ## Build the pinned cluster tools (kube-*, etcd, kwok, controller-gen, azurite) into the cache outside the clone.
+tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, helm, golangci-lint) into the cache outside the clone.
 	bash hack/tools.sh all
 
 .PHONY: generate
@@ -29,10 +32,16 @@ generate: ## Regenerate deepcopy code and the CRDs from pkg/apis.
 	mkdir -p charts/berth/crds charts/berth/files && cp manifests/crds/*.yaml charts/berth/crds/
 	cp manifests/scheduler/berth-scheduler.yaml charts/berth/files/
 
+.PHONY: lint
+lint: ## Run the pinned golangci-lint with .golangci.yml over the tracked packages.
+	bash hack/tools.sh golangci-lint
+	$(TOOLS_ENV); "$$GOLANGCI_LINT_DIR/golangci-lint" run --config .golangci.yml $(LINT_PKGS)
+
 .PHONY: verify
-verify: ## Check gofmt, go vet and that generated files are current; fails on a dirty diff.
+verify: ## Check gofmt, go vet, golangci-lint, go mod tidy and that generated files are current; fails on a dirty diff.
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed on: $$bad"; exit 1; fi
 	$(GO) vet ./...
+	$(MAKE) --no-print-directory lint
 	$(GO) mod tidy -diff
 	$(MAKE) --no-print-directory generate
 	@git diff --exit-code -- pkg/apis manifests/crds charts/berth/crds charts/berth/files || { echo "generated files are stale: run make generate and commit"; exit 1; }

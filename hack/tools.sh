@@ -6,10 +6,13 @@
 #   controller-gen (sigs.k8s.io/controller-tools)
 #   azurite (npm), for the blob tests
 #   helm (helm.sh/helm/v3), for the chart test
+#   golangci-lint (github.com/golangci/golangci-lint/v2), for make lint, built
+#   with the local Go
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
 #
 # usage: hack/tools.sh            build what is missing
-#        hack/tools.sh bin-dir    print the directory holding the k8s binaries
+#        hack/tools.sh controller-gen | golangci-lint   build just that one
+#        hack/tools.sh env        print the directories holding the tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/versions.sh
@@ -57,6 +60,13 @@ go_install() {
   done
 }
 
+# install_golangci_lint builds golangci-lint with the Go installed here, never a
+# downloaded toolchain: it must know the Go version of the code it checks.
+install_golangci_lint() {
+  GOTOOLCHAIN=local go_install "$GOLANGCI_LINT_DIR" "$GOLANGCI_LINT_VERSION" \
+    github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+}
+
 install_azurite() {
   [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] && return 0
   command -v npm >/dev/null || { echo "tools: npm not found; install Node.js 20 (apt-get install nodejs npm)" >&2; exit 1; }
@@ -75,9 +85,13 @@ case "${1:-all}" in
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
     install_azurite
     go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    install_golangci_lint
     ;;
   controller-gen)
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
+    ;;
+  golangci-lint)
+    install_golangci_lint
     ;;
   env)
     echo "K8S_BIN_DIR=$K8S_BIN_DIR"
@@ -86,6 +100,7 @@ case "${1:-all}" in
     echo "CONTROLLER_GEN_DIR=$CONTROLLER_GEN_DIR"
     echo "AZURITE_DIR=$AZURITE_DIR"
     echo "HELM_DIR=$HELM_DIR"
+    echo "GOLANGCI_LINT_DIR=$GOLANGCI_LINT_DIR"
     ;;
-  *) echo "usage: hack/tools.sh [all|controller-gen|env]" >&2; exit 2 ;;
+  *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|env]" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@ KWOK_VERSION=v0.8.0
 CONTROLLER_GEN_VERSION=v0.21.0
 AZURITE_VERSION=3.37.0
 HELM_VERSION=v3.22.0
+GOLANGCI_LINT_VERSION=v2.15.0
 
 # The cache lives outside the clone, one folder per tool and version.
 TOOLS_CACHE=${BERTH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/tools}
@@ -15,3 +16,6 @@ KWOK_BIN_DIR=$TOOLS_CACHE/kwok-$KWOK_VERSION
 CONTROLLER_GEN_DIR=$TOOLS_CACHE/controller-gen-$CONTROLLER_GEN_VERSION
 AZURITE_DIR=$TOOLS_CACHE/azurite-$AZURITE_VERSION
 HELM_DIR=$TOOLS_CACHE/helm-$HELM_VERSION
+# golangci-lint must be built with a Go at least as new as the code it checks,
+# so it is cached per Go version too and rebuilt when Go changes.
+GOLANGCI_LINT_DIR=$TOOLS_CACHE/golangci-lint-$GOLANGCI_LINT_VERSION-$(go env GOVERSION)
