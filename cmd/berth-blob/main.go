@@ -86,7 +86,6 @@ type common struct {
 	retryDelay       time.Duration
 	progress         time.Duration
 	verbosity        int
-	store            blob.StoreOptions
 }
 
 func (c *common) register(fs *flag.FlagSet) {

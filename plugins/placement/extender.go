@@ -133,7 +133,10 @@ func ExtenderScore(s int64) int64 {
 }
 
 // ValidateArgs checks what the scheduler sent; the error names the field and
-// says what it must hold.
+// says what it must hold. ExtenderArgs has no JSON tags, so the fields are
+// named as they are sent, capitalized.
+//
+//nolint:staticcheck // ST1005: the messages start with the wire field names, Pod and Nodes.
 func ValidateArgs(args *extenderv1.ExtenderArgs) error {
 	switch {
 	case args.Pod == nil:
