@@ -47,7 +47,8 @@ var ChargedExpression = fmt.Sprintf("has(object.metadata.annotations) && %[1]q i
 // webhook sees: berth's labels or the tolerations change, or it is an
 // ephemeral container or a resize. Every other update (status, finalizers,
 // the owner's own labels) never waits on berth.
-var PodUpdateExpression = fmt.Sprintf("request.subResource == 'ephemeralcontainers' || request.subResource == 'resize' || %s || %s || %s",
+// request.subResource is absent, not empty, on the Pod itself.
+var PodUpdateExpression = fmt.Sprintf("(has(request.subResource) && request.subResource in ['ephemeralcontainers', 'resize']) || %s || %s || %s",
 	labelChanged(berthv1alpha1.LabelClass), labelChanged(berthv1alpha1.LabelOrg), fieldChanged("spec", "tolerations"))
 
 // JobUpdateExpression is the CEL condition of a Job update the validating

@@ -10,11 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -129,29 +125,14 @@ func TestUsersCannotReleaseTheirOwnQueuedBuild(t *testing.T) {
 	require.True(t, ptr.Deref(job.Spec.Suspend, false), "over quota, the build waits suspended")
 
 	// A developer with edit rights in the namespace tries to unsuspend it.
-	env.Create(t, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ana-edit"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "ana"}},
-	})
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: "ana", Groups: []string{"system:authenticated"}}
-	ana, err := client.New(cfg, client.Options{Scheme: env.Scheme})
-	require.NoError(t, err)
+	ana := developer(t, env, ns)
 	got := &batchv1.Job{}
-	// The API server's RBAC cache takes a moment to see the new binding.
-	framework.Eventually(t, 30*time.Second, "ana to read the Job", func(ctx context.Context) (bool, error) {
-		err := ana.Get(ctx, client.ObjectKeyFromObject(job), got)
-		if apierrors.IsForbidden(err) {
-			return false, nil
-		}
-		return err == nil, err
-	})
+	require.NoError(t, ana.Get(t.Context(), client.ObjectKeyFromObject(job), got))
 	// A merge patch, as kubectl patch sends: no resourceVersion, so the Job
 	// controller's status writes cannot make it fail with a conflict first.
 	unsuspend := client.MergeFrom(got.DeepCopy())
 	got.Spec.Suspend = ptr.To(false)
-	err = ana.Patch(t.Context(), got, unsuspend)
+	err := ana.Patch(t.Context(), got, unsuspend)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "spec.suspend: Forbidden")
 	assert.Contains(t, err.Error(), "berth releases queued builds in the order they came")

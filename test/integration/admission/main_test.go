@@ -3,11 +3,19 @@
 package admission
 
 import (
+	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"berth.dev/berth/test/framework"
@@ -60,4 +68,30 @@ func orgNamespace(t *testing.T, env *framework.ClusterEnv, org string) string {
 	obj.Labels["pod-security.kubernetes.io/enforce-version"] = "latest"
 	require.NoError(t, env.Client.Update(t.Context(), obj))
 	return ns
+}
+
+// developer returns a client acting as a developer with the edit
+// ClusterRole in namespace ns, as a tenant is given: not berth-manager's
+// user, whom the build queue trusts.
+func developer(t *testing.T, env *framework.ClusterEnv, ns string) client.Client {
+	t.Helper()
+	user := "dev-" + rand.String(5)
+	env.Create(t, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: user + "-edit"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: user}},
+	})
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	require.NoError(t, err)
+	// The API server's RBAC cache takes a moment to see the new binding.
+	framework.Eventually(t, 30*time.Second, user+" to list Jobs", func(ctx context.Context) (bool, error) {
+		err := c.List(ctx, &batchv1.JobList{}, client.InNamespace(ns))
+		if apierrors.IsForbidden(err) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return c
 }

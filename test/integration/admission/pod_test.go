@@ -149,7 +149,7 @@ func TestUnsafePodsAreDenied(t *testing.T) {
 		"host network": {func(p *corev1.Pod) { p.Spec.HostNetwork = true }, "host namespaces (hostNetwork=true)"},
 		"host path": {func(p *corev1.Pod) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
-		}, `hostPath volumes (volume "root")`},
+		}, `restricted volume types (volume "root" uses restricted volume type "hostPath")`},
 		"root": {func(p *corev1.Pod) {
 			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](0)}
 		}, "runAsUser=0 (pod must not set runAsUser=0)"},

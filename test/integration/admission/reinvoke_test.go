@@ -34,7 +34,8 @@ import (
 func TestReinvokedWorkspaceIsChargedOnce(t *testing.T) {
 	env := setup(t)
 	org := newOrg(t, env, testutil.Org(orgName()).MaxWorkspaces(1000))
-	ns := orgNamespace(t, env, org.Name)
+	// Not restricted: the later webhook's probe is a plain Pod.
+	ns := env.Namespace(t, org.Name)
 	later := laterWebhook(t, env, ns)
 
 	for i := range 3 {
