@@ -8,6 +8,7 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	keys "berth.dev/berth/pkg/placement"
+	"berth.dev/berth/pkg/requests"
 	"berth.dev/berth/plugins/config"
 )
 
@@ -150,29 +151,14 @@ func percent(a, b int64) int64 {
 	return a * 100 / b
 }
 
-// PodRequest sums a Pod's container requests (the larger of its init
-// containers' where that is more), in NodeState units.
+// PodRequest is a Pod's effective request in NodeState units, from berth's
+// one accounting (pkg/requests): sidecars add to the containers, a plain
+// init container counts while it runs alone, Pod-level resources replace the
+// containers' sum.
 func PodRequest(pod *corev1.Pod) Request {
-	var r, initMax Request
-	for _, c := range pod.Spec.Containers {
-		r.CPU += c.Resources.Requests.Cpu().MilliValue()
-		r.Memory += c.Resources.Requests.Memory().Value()
-		r.GPU += gpu(c.Resources)
-	}
-	for _, c := range pod.Spec.InitContainers {
-		initMax.CPU = max(initMax.CPU, c.Resources.Requests.Cpu().MilliValue())
-		initMax.Memory = max(initMax.Memory, c.Resources.Requests.Memory().Value())
-		initMax.GPU = max(initMax.GPU, gpu(c.Resources))
-	}
-	return Request{CPU: max(r.CPU, initMax.CPU), Memory: max(r.Memory, initMax.Memory), GPU: max(r.GPU, initMax.GPU)}
-}
-
-func gpu(r corev1.ResourceRequirements) int64 {
-	if q, ok := r.Requests[keys.GPUResource]; ok {
-		return q.Value()
-	}
-	q := r.Limits[keys.GPUResource]
-	return q.Value()
+	r := requests.Of(&pod.Spec)
+	g := r[keys.GPUResource]
+	return Request{CPU: r.Cpu().MilliValue(), Memory: r.Memory().Value(), GPU: g.Value()}
 }
 
 func daemon(pod *corev1.Pod) bool {

@@ -134,3 +134,15 @@ func TestArgsValidation(t *testing.T) {
 		assert.NoError(t, err, preset)
 	}
 }
+
+// The plugin counts a Pod as the quota does: a sidecar's GPU adds to the
+// main container's.
+func TestPodRequestCountsSidecars(t *testing.T) {
+	one := corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1"), corev1.ResourceCPU: resource.MustParse("500m")}
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "side", RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+			Resources: corev1.ResourceRequirements{Requests: one, Limits: one}}},
+		Containers: []corev1.Container{{Name: "main", Resources: corev1.ResourceRequirements{Requests: one, Limits: one}}},
+	}}
+	assert.Equal(t, Request{CPU: 1000, GPU: 2}, PodRequest(pod))
+}
