@@ -55,8 +55,8 @@ build: ## Build berth's binaries into ./bin.
 test: tools test-unit test-integration ## Run every test: unit, then integration on the local cluster, PostgreSQL and Azurite.
 
 .PHONY: test-unit
-test-unit: ## Run the unit tests (no cluster).
-	$(GO) test $(TEST_FLAGS) $(UNIT_PKGS)
+test-unit: ## Run the unit tests (no cluster), with the race detector.
+	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
 
 .PHONY: test-integration
 test-integration: ## Run the integration tests on real local clusters (needs make tools).
