@@ -1,8 +1,8 @@
-// Package demo runs berth's main job on the local cluster: it submits DESIGN.md's
-// reference load as plain labelled Pods and Jobs, as developers would, and
-// reports where it landed, per pool, against the bin-packing lower bound, with
-// an hourly cost next to the same load placed by the stock scheduler on
-// on-demand nodes.
+// Package demo runs berth's main job on the local cluster: it submits the
+// reference load of docs/design.md as plain labelled Pods and Jobs, as
+// developers would, and reports where it landed, per pool, against the
+// bin-packing lower bound, with an hourly cost next to the same load placed
+// by the stock scheduler on on-demand nodes.
 package demo
 
 import (

@@ -14,16 +14,16 @@ import (
 	"berth.dev/berth/pkg/testutil"
 )
 
-// The reference load of DESIGN.md, at its high end.
+// The reference load of docs/design.md, at its high end.
 const (
 	Workspaces = 300
 	Builds     = 50
 	VLLM       = 8 // replicas of 2 GPUs
 )
 
-// ReferenceLoad returns DESIGN.md's reference load as labelled Pods: 300
-// workspaces and 50 builds of 1 or 2 CPU and 2 or 4 GiB, and 8 vLLM replicas
-// of 2 GPUs. The same seed gives the same load.
+// ReferenceLoad returns the reference load of docs/design.md as labelled
+// Pods: 300 workspaces and 50 builds of 1 or 2 CPU and 2 or 4 GiB, and 8 vLLM
+// replicas of 2 GPUs. The same seed gives the same load.
 func ReferenceLoad(seed int64) []*corev1.Pod {
 	r := rand.New(rand.NewSource(seed))
 	size := func() (string, string) {

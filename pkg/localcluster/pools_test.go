@@ -15,7 +15,7 @@ func TestDefaultPoolsFitTheReferenceLoad(t *testing.T) {
 
 	spot, ok := pools.Get("spot-ssd")
 	require.True(t, ok)
-	// DESIGN.md: up to 300 workspaces of 2 CPU and 50 builds of 2 CPU.
+	// docs/design.md: up to 300 workspaces of 2 CPU and 50 builds of 2 CPU.
 	cpu := spot.Node(0).Status.Allocatable.Cpu().Value() * int64(spot.Count)
 	assert.GreaterOrEqual(t, cpu, int64(300*2+50*2), "spot pool CPU must hold the reference load")
 

@@ -104,7 +104,7 @@ func throughput(b *testing.B, c client.Client, ns, sched string, n int) float64 
 	return float64(n-firstCount) / last.Sub(first).Seconds()
 }
 
-// BenchmarkReferenceLoad places DESIGN.md's reference load (300 workspaces,
+// BenchmarkReferenceLoad places docs/design.md's reference load (300 workspaces,
 // 50 builds, 8 vLLM replicas), as berth's webhook mutates it, with each
 // scheduler in turn, and reports nodes used against the bin-packing lower
 // bound, and the share of workspaces and builds on spot nodes.
