@@ -73,7 +73,7 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		j.Spec.Suspend = ptr.To(false)
 		if err := c.client.Patch(ctx, j, patch); err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-				return ctrl.Result{Requeue: true}, nil
+				return ctrl.Result{RequeueAfter: time.Second}, nil // decide again on what changed
 			}
 			return ctrl.Result{}, fmt.Errorf("release build %s/%s: %w", j.Namespace, j.Name, err)
 		}

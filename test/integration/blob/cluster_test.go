@@ -1,12 +1,14 @@
 package blob
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -36,7 +38,7 @@ func clusterSetup(t *testing.T, e *env) (*framework.ClusterEnv, string) {
 	c := framework.Cluster(t)
 	managerOnce.Do(func() {
 		manager = framework.StartPackageManager(t, c, framework.ManagerOptions{Args: []string{
-			"--scheduler-name=", "--controllers=", "--blob-image=" + testBlobImage}})
+			"--scheduler-name=", "--controllers=buildqueue", "--blob-image=" + testBlobImage}})
 	})
 	if manager == nil {
 		t.Fatal("berth-manager failed to start in an earlier test")
@@ -80,11 +82,14 @@ func TestBuildJobIsAdmittedWithBlobAndItsContainersMoveTheBytes(t *testing.T) {
 		"--projects-container=projects", "--artifacts-container=artifacts", "--", "sh", "-c", script}, spec.Containers[0].Command)
 	assert.Equal(t, webhooks.SourceDir, spec.Containers[0].WorkingDir)
 
-	// The same Pod, bare, passes Pod Security restricted as the API server
-	// enforces it on the namespace.
-	pod := testutil.Pod("build-pod").Namespace(ns).Class(berthv1alpha1.ClassBuild).Project("shop-k8s").Command("make").Obj()
-	c.Create(t, pod)
-	assert.Len(t, pod.Spec.InitContainers, 2)
+	// The build queue releases it, and its Pod passes Pod Security
+	// restricted as the API server enforces it on the namespace.
+	var pods corev1.PodList
+	framework.Eventually(t, time.Minute, "the build's Pod", func(ctx context.Context) (bool, error) {
+		err := c.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{"job-name": "build"})
+		return len(pods.Items) > 0, err
+	})
+	assert.Len(t, pods.Items[0].Spec.InitContainers, 2)
 
 	// Run the containers as the kubelet would, in order, with their
 	// command, args, working dir and environment; paths in the Pod map to

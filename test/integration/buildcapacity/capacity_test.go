@@ -14,13 +14,14 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/placement"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
+	"berth.dev/berth/webhooks"
 )
 
 func TestBuildsNeverExceedANodesBuildCapacity(t *testing.T) {
 	env := framework.Cluster(t)
-	framework.StartManager(t, env, framework.ManagerOptions{Args: []string{"--controllers="}})
 	framework.StartScheduler(t, env, nil)
 
 	// Every local-SSD node holds two builds.
@@ -42,16 +43,16 @@ func TestBuildsNeverExceedANodesBuildCapacity(t *testing.T) {
 	ns := env.Namespace(t, org.Name)
 
 	// A node already up is preferred over an empty one.
-	ws := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Resource(corev1.ResourceCPU, "1").Obj()
+	ws := admitted(t, org, testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Resource(corev1.ResourceCPU, "1").Obj())
 	env.Create(t, ws)
 	wsNode := nodeOf(t, env, ws)
-	first := testutil.Pod("build-00").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()
+	first := admitted(t, org, testutil.Pod("build-00").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj())
 	env.Create(t, first)
 	assert.Equal(t, wsNode, nodeOf(t, env, first), "the first build joins the node already running")
 
 	total := slots + 2
 	for i := 1; i < total; i++ {
-		env.Create(t, testutil.Pod(fmt.Sprintf("build-%02d", i)).Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj())
+		env.Create(t, admitted(t, org, testutil.Pod(fmt.Sprintf("build-%02d", i)).Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()))
 	}
 	var pods corev1.PodList
 	framework.Eventually(t, time.Minute, "every slot taken and the rest refused", func(ctx context.Context) (bool, error) {
@@ -92,4 +93,20 @@ func nodeOf(t *testing.T, env *framework.ClusterEnv, pod *corev1.Pod) string {
 	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Name: pod.Spec.NodeName}, node))
 	assert.NotEqual(t, "gpu", node.Labels[localcluster.LabelPool])
 	return pod.Spec.NodeName
+}
+
+// admitted is pod as berth's webhook writes it, placement included. This
+// test runs no webhooks: berth admits a build only as a Job's Pod, and kwok
+// completes a Job's Pods at once, while this test needs builds that stay on
+// their nodes.
+func admitted(t *testing.T, org *berthv1alpha1.Organization, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	keys, err := placement.Preset(placement.PresetAKS)
+	require.NoError(t, err)
+	class, ok := berthv1alpha1.ParseClass(pod.Labels[berthv1alpha1.LabelClass])
+	require.True(t, ok)
+	webhooks.MutatePod(&pod.ObjectMeta, &pod.Spec, webhooks.Target{
+		Class: class, Org: org, Config: webhooks.Config{SchedulerName: webhooks.DefaultSchedulerName, Keys: keys},
+	})
+	return pod
 }
