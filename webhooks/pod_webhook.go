@@ -10,10 +10,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -58,7 +60,10 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	MutatePod(&pod.ObjectMeta, &pod.Spec, *t)
-	return w.validate(ctx, d, pod, t)
+	if err := w.validate(ctx, d, pod, t); err != nil {
+		return err
+	}
+	return d.allow()
 }
 
 // ValidateCreate checks the final Pod and charges its quota. The API server
@@ -77,7 +82,7 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	}
 	gpus := requests.GPUs(&pod.Spec)
 	if !quota.Limited(t.Org, t.Class, gpus) {
-		return nil, nil
+		return nil, d.allow()
 	}
 	if pod.UID == "" {
 		return nil, d.fail(errors.New("the API server sent a Pod without a UID; berth charges quota by UID"))
@@ -102,11 +107,12 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	if err != nil {
 		return nil, d.fail(err)
 	}
-	return nil, nil
+	return nil, d.allow()
 }
 
 // validate runs ValidatePod on a mutated Pod, and, for a build, checks that
-// it belongs to a build Job berth admitted. It records the decision.
+// it belongs to a build Job berth admitted and released. It records a
+// denial or a failure; the caller records the allowance.
 func (w *PodWebhook) validate(ctx context.Context, d *decision, pod *corev1.Pod, t *Target) error {
 	t.Project = pod.Labels[berthv1alpha1.LabelProject]
 	if errs, reason := validatePod(&pod.ObjectMeta, &pod.Spec, *t, field.NewPath("spec")); len(errs) > 0 {
@@ -121,13 +127,15 @@ func (w *PodWebhook) validate(ctx context.Context, d *decision, pod *corev1.Pod,
 			return d.deny(reasonQueue, apierrors.NewInvalid(podKind, pod.Name, field.ErrorList{ferr}))
 		}
 	}
-	return d.allow()
+	return nil
 }
 
 // checkBuildOwner makes every build go through the queue: a build Pod must
 // be controlled by a build Job berth admitted (one carrying
-// AnnotationQueuedAt), never a bare Pod or the Pod of a Job that only its
-// template labels a build.
+// AnnotationQueuedAt) and has released, and match that Job's selector, so
+// that the Job controller counts it. Neither a bare Pod, nor the Pod of a
+// Job that only its template labels a build, nor a Pod that names a queued
+// Job as its owner, is a build.
 func (w *PodWebhook) checkBuildOwner(ctx context.Context, ns string, meta *metav1.ObjectMeta) (*field.Error, error) {
 	ref := metav1.GetControllerOf(meta)
 	path := field.NewPath("metadata", "ownerReferences")
@@ -136,18 +144,51 @@ func (w *PodWebhook) checkBuildOwner(ctx context.Context, ns string, meta *metav
 			"a %s=build Pod runs only as part of a build Job, which berth queues for the org's build slots; submit a Job labelled %s=build instead of a bare Pod",
 			berthv1alpha1.LabelClass, berthv1alpha1.LabelClass)), nil
 	}
-	job := &batchv1.Job{}
-	err := w.Resolver.get(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name}, job)
-	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("read Job %s/%s: %w", ns, ref.Name, err)
+	job, err := w.buildJob(ctx, client.ObjectKey{Namespace: ns, Name: ref.Name})
+	if err != nil {
+		return nil, err
 	}
-	if err != nil || job.UID != ref.UID || job.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) ||
+	if job == nil || job.UID != ref.UID || job.Labels[berthv1alpha1.LabelClass] != string(berthv1alpha1.ClassBuild) ||
 		job.Annotations[berthv1alpha1.AnnotationQueuedAt] == "" {
 		return field.Forbidden(path, fmt.Sprintf(
 			"Job %s is not a build berth admitted, so its Pods cannot be builds; label the Job itself %s=build, not only its pod template, and submit it again",
 			ref.Name, berthv1alpha1.LabelClass)), nil
 	}
+	selector, err := metav1.LabelSelectorAsSelector(job.Spec.Selector)
+	if ptr.Deref(job.Spec.Suspend, false) || err != nil || !selector.Matches(labels.Set(meta.Labels)) {
+		return field.Forbidden(path, fmt.Sprintf(
+			"build Job %s is queued for a build slot, and only its own Pods run once berth releases it; wait for the release, or create no Pods for it by hand",
+			ref.Name)), nil
+	}
 	return nil, nil
+}
+
+// buildJob reads a Job from the cache, and from the API server when the
+// cache has none or shows it suspended: the Job controller may have seen
+// the release first. It returns nil when there is no such Job.
+func (w *PodWebhook) buildJob(ctx context.Context, key client.ObjectKey) (*batchv1.Job, error) {
+	job := &batchv1.Job{}
+	err := w.Resolver.Reader.Get(ctx, key, job)
+	if err == nil && !ptr.Deref(job.Spec.Suspend, false) {
+		return job, nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("read Job %s: %w", key, err)
+	}
+	if w.Resolver.APIReader == nil {
+		if err != nil {
+			return nil, nil
+		}
+		return job, nil
+	}
+	err = w.Resolver.APIReader.Get(ctx, key, job)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read Job %s: %w", key, err)
+	}
+	return job, nil
 }
 
 // nameTaken reports whether a Pod of this name, but another UID, exists:

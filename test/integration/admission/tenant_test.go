@@ -290,6 +290,13 @@ func TestEveryBuildIsQueuedAndFixed(t *testing.T) {
 	err := env.Client.Create(ctx, testutil.Pod("bare").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "submit a Job labelled berth.dev/class=build instead of a bare Pod")
+
+	// A Pod of one's own that names the queued build as its owner.
+	forged := testutil.Pod("forged").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()
+	forged.OwnerReferences = []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: job.Name, UID: job.UID, Controller: ptr.To(true)}}
+	err = dev.Create(ctx, forged)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "is queued for a build slot")
 }
 
 // A Pod cannot name its node or tolerate the taints that keep other work
