@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -126,61 +127,59 @@ func TestSubresourcesAndUpdatesKeepThePodSafe(t *testing.T) {
 	ws := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
 	env.Create(t, ws)
 
-	fresh := func() *corev1.Pod {
-		p := &corev1.Pod{}
-		require.NoError(t, env.Client.Get(ctx, client.ObjectKeyFromObject(ws), p))
-		return p
-	}
-	debug := fresh()
-	debug.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+	privileged := corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
 		Name: "debugger", Image: testutil.DefaultImage, SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
-	}}}
-	err := env.Client.SubResource("ephemeralcontainers").Update(ctx, debug)
-	for apierrors.IsConflict(err) {
-		debug.ResourceVersion = fresh().ResourceVersion
-		err = env.Client.SubResource("ephemeralcontainers").Update(ctx, debug)
-	}
+	}}
+	err := updatePod(ctx, env, ws, "ephemeralcontainers", func(p *corev1.Pod) {
+		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{privileged}
+	})
 	require.Error(t, err, "a privileged debug container")
 	assert.Contains(t, err.Error(), `violates Pod Security "restricted:latest"`)
 	assert.Contains(t, err.Error(), "--profile=restricted")
 
-	debug = fresh()
-	debug.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+	restricted := corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
 		Name: "debugger", Image: testutil.DefaultImage, SecurityContext: &corev1.SecurityContext{
 			AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
-	}}}
-	err = env.Client.SubResource("ephemeralcontainers").Update(ctx, debug)
-	for apierrors.IsConflict(err) {
-		debug.ResourceVersion = fresh().ResourceVersion
-		err = env.Client.SubResource("ephemeralcontainers").Update(ctx, debug)
-	}
+	}}
+	err = updatePod(ctx, env, ws, "ephemeralcontainers", func(p *corev1.Pod) {
+		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{restricted}
+	})
 	require.NoError(t, err, "kubectl debug --profile=restricted")
 
 	// A Pod still pending: the API server refuses a resize on a node that
 	// does not declare support for it, and the fake nodes declare none.
-	ws = testutil.Pod("pending").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).SchedulerName("none").Obj()
-	env.Create(t, ws)
-	big := fresh()
-	big.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("8")
-	big.Spec.Containers[0].Resources.Limits[corev1.ResourceCPU] = resource.MustParse("8")
-	err = env.Client.SubResource("resize").Update(ctx, big)
-	for apierrors.IsConflict(err) {
-		big.ResourceVersion = fresh().ResourceVersion
-		err = env.Client.SubResource("resize").Update(ctx, big)
-	}
+	pending := testutil.Pod("pending").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).SchedulerName("none").Obj()
+	env.Create(t, pending)
+	err = updatePod(ctx, env, pending, "resize", func(p *corev1.Pod) {
+		p.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("8")
+		p.Spec.Containers[0].Resources.Limits[corev1.ResourceCPU] = resource.MustParse("8")
+	})
 	require.Error(t, err, "a resize past the class max")
 	assert.Contains(t, err.Error(), "workspace maximum of 2")
 
-	tolerant := fresh()
-	tolerant.Spec.Tolerations = append(tolerant.Spec.Tolerations, corev1.Toleration{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists})
-	err = env.Client.Update(ctx, tolerant)
-	for apierrors.IsConflict(err) {
-		tolerant.ResourceVersion = fresh().ResourceVersion
-		err = env.Client.Update(ctx, tolerant)
-	}
+	err = updatePod(ctx, env, pending, "", func(p *corev1.Pod) {
+		p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists})
+	})
 	require.Error(t, err, "a toleration added later")
 	assert.Contains(t, err.Error(), `toleration {key: "nvidia.com/gpu"`)
+}
+
+// updatePod applies edit to the latest pod and writes it, through
+// subresource unless it is "", again on a conflict (the scheduler and kwok
+// write the Pod too).
+func updatePod(ctx context.Context, env *framework.ClusterEnv, pod *corev1.Pod, subresource string, edit func(*corev1.Pod)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p := &corev1.Pod{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), p); err != nil {
+			return err
+		}
+		edit(p)
+		if subresource == "" {
+			return env.Client.Update(ctx, p)
+		}
+		return env.Client.SubResource(subresource).Update(ctx, p)
+	})
 }
 
 // A build's GPUs count against spec.maxGPUs, and devices asked through
