@@ -282,20 +282,30 @@ func encode(entries map[types.UID]Entry) string {
 }
 
 // decode reads a ledger's entries; a line it cannot read is dropped, and
-// gone at the next write.
+// gone at the next write. A line of the earlier, name-keyed format
+// ("namespace_name uid class gpus admitted-unix-nanos") is read by its UID,
+// so that an upgrade keeps every charge.
 func decode(data string) map[types.UID]Entry {
 	entries := make(map[types.UID]Entry, strings.Count(data, "\n"))
 	for line := range strings.Lines(data) {
 		f := strings.Fields(line)
+		nanos := len(f) == 5
+		if nanos {
+			f = f[1:]
+		}
 		if len(f) != 4 {
 			continue
 		}
 		gpus, err1 := strconv.ParseInt(f[2], 10, 64)
-		secs, err2 := strconv.ParseInt(f[3], 10, 64)
+		n, err2 := strconv.ParseInt(f[3], 10, 64)
 		if err1 != nil || err2 != nil || gpus < 0 {
 			continue
 		}
-		entries[types.UID(f[0])] = Entry{Class: berthv1alpha1.Class(f[1]), GPUs: gpus, Admitted: time.Unix(secs, 0).UTC()}
+		admitted := time.Unix(n, 0).UTC()
+		if nanos {
+			admitted = time.Unix(0, n).UTC().Truncate(time.Second)
+		}
+		entries[types.UID(f[0])] = Entry{Class: berthv1alpha1.Class(f[1]), GPUs: gpus, Admitted: admitted}
 	}
 	return entries
 }

@@ -201,3 +201,17 @@ func TestUnreadableLinesAreDropped(t *testing.T) {
 		"d": {Class: berthv1alpha1.ClassInference, GPUs: 2, Admitted: time.Unix(1767323045, 0).UTC()},
 	}, entries)
 }
+
+// A ledger written before entries were keyed by UID keeps its charges.
+func TestTheEarlierFormatIsRead(t *testing.T) {
+	c := fakeClient()
+	require.NoError(t, c.Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "berth-system", Name: quota.Name("acme")},
+		Data:       map[string]string{quota.DataKey: "team_vllm uid-1 inference 2 1767323045000000001\n"},
+	}))
+	entries, err := newLedger(c).Entries(t.Context(), "acme")
+	require.NoError(t, err)
+	assert.Equal(t, map[types.UID]quota.Entry{
+		"uid-1": {Class: berthv1alpha1.ClassInference, GPUs: 2, Admitted: time.Unix(1767323045, 0).UTC()},
+	}, entries)
+}
