@@ -113,7 +113,8 @@ var managed = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, c
 
 // applyResourceDefaults gives containers the class defaults for resources
 // they leave unset (the class maximum when the org sets no default), and a
-// limit of the class maximum where they set only a request. Inference containers that ask for no GPU get the default GPUs.
+// limit of the class maximum where they set only a request. Inference
+// containers that ask for no GPU get the default GPUs.
 func applyResourceDefaults(spec *corev1.PodSpec, t Target) {
 	policy := t.Org.Spec.Classes.Policy(t.Class)
 	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
