@@ -24,7 +24,9 @@ type NodeState struct {
 	// Allocatable and Requested in milli-CPU, bytes and GPUs.
 	AllocCPU, AllocMemory, AllocEphemeral, AllocGPU int64
 	ReqCPU, ReqMemory, ReqGPU                       int64
-	// Pods counts the Pods on the node; Builds those of class build.
+	// Pods counts the Pods on the node; Builds those of class build. The
+	// plugin counts Builds only when it places a build, the one class whose
+	// decision reads it.
 	Pods, Builds int
 }
 

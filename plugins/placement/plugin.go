@@ -55,7 +55,9 @@ func (p *Plugin) Filter(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, ni
 	if ni.Node() == nil {
 		return fwk.NewStatus(fwk.Error, "node not found")
 	}
-	if why := p.d.Filter(pod, ClassOf(pod), stateOf(ni)); why != "" {
+	class := ClassOf(pod)
+	n := stateOf(ni, class)
+	if why := p.d.Filter(pod, class, &n); why != "" {
 		return fwk.NewStatus(fwk.Unschedulable, why)
 	}
 	return nil
@@ -89,26 +91,33 @@ func (p *Plugin) Score(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, ni
 		return 0, fwk.AsStatus(err)
 	}
 	s := data.(*preScoreState)
-	return p.d.Score(s.class, s.req, stateOf(ni)), nil
+	n := stateOf(ni, s.class)
+	return p.d.Score(s.class, s.req, &n), nil
 }
 
 // ScoreExtensions is nil: scores are already 0 to MaxScore.
 func (p *Plugin) ScoreExtensions() fwk.ScoreExtensions { return nil }
 
-// stateOf reads a NodeState from the scheduler's snapshot.
-func stateOf(ni fwk.NodeInfo) *NodeState {
-	node := ni.Node()
+// stateOf reads a NodeState from the scheduler's snapshot, for placing a
+// Pod of class. It runs for every node in every cycle, so it reads only the
+// snapshot's sums and allocates nothing. Only a build needs the node's
+// builds, so they are counted only for one. The snapshot holds the Pods
+// assumed on the node but not yet bound, so they count too.
+func stateOf(ni fwk.NodeInfo, class berthv1alpha1.Class) NodeState {
 	alloc, req := ni.GetAllocatable(), ni.GetRequested()
-	n := &NodeState{
-		Node:     node,
+	pods := ni.GetPods()
+	n := NodeState{
+		Node:     ni.Node(),
 		AllocCPU: alloc.GetMilliCPU(), AllocMemory: alloc.GetMemory(), AllocEphemeral: alloc.GetEphemeralStorage(),
 		AllocGPU: alloc.GetScalarResources()[gpuName],
 		ReqCPU:   req.GetMilliCPU(), ReqMemory: req.GetMemory(), ReqGPU: req.GetScalarResources()[gpuName],
+		Pods:     len(pods),
 	}
-	for _, pi := range ni.GetPods() {
-		n.Pods++
-		if ClassOf(pi.GetPod()) == berthv1alpha1.ClassBuild {
-			n.Builds++
+	if class == berthv1alpha1.ClassBuild {
+		for _, pi := range pods {
+			if ClassOf(pi.GetPod()) == berthv1alpha1.ClassBuild {
+				n.Builds++
+			}
 		}
 	}
 	return n

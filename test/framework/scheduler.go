@@ -1,7 +1,11 @@
 package framework
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,7 +39,7 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 	if err := yaml.Unmarshal(raw, &cfg); err != nil {
 		t.Fatalf("parse %s: %v", SchedulerConfig, err)
 	}
-	cfg["clientConnection"] = map[string]any{"kubeconfig": env.Kubeconfig(), "qps": 5000, "burst": 5000}
+	cfg["clientConnection"] = map[string]any{"kubeconfig": env.Kubeconfig(), "qps": schedulerQPS, "burst": schedulerQPS}
 	if edit != nil {
 		edit(cfg)
 	}
@@ -56,7 +60,10 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 		t.Fatal(err)
 	}
 	p := &Process{Name: "berth-scheduler", Health: fmt.Sprintf("https://127.0.0.1:%d", port), Log: filepath.Join(dir, "log")}
-	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1"})
+	// pprof is open, on 127.0.0.1 only, so benchmarks can profile the
+	// scheduler (Process.Profile).
+	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
+		"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/debug/pprof/*"})
 	if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
 		p.Stop()
 		t.Fatalf("berth-scheduler not healthy: %v\n%s", err, p.Tail(40))
@@ -73,4 +80,33 @@ func StartPackageScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]a
 	onTeardown("", p.Stop)
 	state.mu.Unlock()
 	return p
+}
+
+// Profile writes a CPU profile of the process over d to path, from the
+// pprof handler on its Health address.
+func (p *Process) Profile(ctx context.Context, d time.Duration, path string) error {
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", p.Health, int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a test process's self-signed serving cert on 127.0.0.1
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
