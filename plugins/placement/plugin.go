@@ -111,7 +111,7 @@ func stateOf(ni fwk.NodeInfo, class berthv1alpha1.Class) NodeState {
 		AllocCPU: alloc.GetMilliCPU(), AllocMemory: alloc.GetMemory(), AllocEphemeral: alloc.GetEphemeralStorage(),
 		AllocGPU: alloc.GetScalarResources()[gpuName],
 		ReqCPU:   req.GetMilliCPU(), ReqMemory: req.GetMemory(), ReqGPU: req.GetScalarResources()[gpuName],
-		Pods:     len(pods),
+		Pods: len(pods),
 	}
 	if class == berthv1alpha1.ClassBuild {
 		for _, pi := range pods {
