@@ -155,6 +155,20 @@ func (c *Cluster) Delete(ctx context.Context) error {
 	return nil
 }
 
+// PID returns the process id of one of the cluster's components, such as
+// kube-scheduler, from kwokctl's pid file.
+func (c *Cluster) PID(component string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.Dir(), "pids", component+".pid"))
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("pid file of %s: %w", component, err)
+	}
+	return pid, nil
+}
+
 // PIDs returns the process ids of the cluster's running components.
 func (c *Cluster) PIDs() []int {
 	files, _ := filepath.Glob(filepath.Join(c.Dir(), "pids", "*.pid"))

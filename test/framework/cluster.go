@@ -62,16 +62,6 @@ func Cluster(t testing.TB) *ClusterEnv {
 	return state.cluster
 }
 
-// schedulerQPS is the client QPS and burst of both schedulers in tests.
-const schedulerQPS = 5000
-
-var stockSchedulerConfig = fmt.Sprintf(`apiVersion: kubescheduler.config.k8s.io/v1
-kind: KubeSchedulerConfiguration
-clientConnection:
-  qps: %d
-  burst: %d
-`, schedulerQPS, schedulerQPS)
-
 func startCluster() (*ClusterEnv, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -83,15 +73,6 @@ func startCluster() (*ClusterEnv, error) {
 	if state.opts.admissionOnly {
 		opts.DisableScheduler = true
 		opts.ExtraArgs = append(opts.ExtraArgs, "kube-controller-manager=controllers=serviceaccount-controller,serviceaccount-token-controller")
-	}
-	if !opts.DisableScheduler {
-		// The stock kube-scheduler gets the client rate limits
-		// StartScheduler gives berth-scheduler, so benchmarks compare the
-		// schedulers, not their rate limiters.
-		opts.SchedulerConfig = filepath.Join(state.dir, "kube-scheduler.yaml")
-		if err := os.WriteFile(opts.SchedulerConfig, []byte(stockSchedulerConfig), 0o644); err != nil {
-			return nil, err
-		}
 	}
 	c, err := localcluster.Create(ctx, opts)
 	if err != nil {

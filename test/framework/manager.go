@@ -147,6 +147,9 @@ func (p *Process) start(t testing.TB, bin string, args []string) {
 	state.watchdog.add(fmt.Sprintf("kill -9 %d", p.cmd.Process.Pid))
 }
 
+// PID is the process's id.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Stop stops the process and waits for it.
 func (p *Process) Stop() {
 	select {

@@ -39,7 +39,7 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 	if err := yaml.Unmarshal(raw, &cfg); err != nil {
 		t.Fatalf("parse %s: %v", SchedulerConfig, err)
 	}
-	cfg["clientConnection"] = map[string]any{"kubeconfig": env.Kubeconfig(), "qps": schedulerQPS, "burst": schedulerQPS}
+	cfg["clientConnection"] = map[string]any{"kubeconfig": env.Kubeconfig(), "qps": 5000, "burst": 5000}
 	if edit != nil {
 		edit(cfg)
 	}
