@@ -296,6 +296,15 @@ func create(b *testing.B, c client.Client, org *berthv1alpha1.Organization, n in
 	for _, d := range done {
 		defer close(d)
 	}
+	parallel(n, func(i int) {
+		if err := c.Create(b.Context(), admitted(b, org, pod(i))); err != nil {
+			b.Errorf("create: %v", err)
+		}
+	})
+}
+
+// parallel calls f(0) to f(n-1), 64 at once, and returns when all are done.
+func parallel(n int, f func(i int)) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
 	for i := range n {
@@ -304,9 +313,7 @@ func create(b *testing.B, c client.Client, org *berthv1alpha1.Organization, n in
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := c.Create(b.Context(), admitted(b, org, pod(i))); err != nil {
-				b.Errorf("create: %v", err)
-			}
+			f(i)
 		}()
 	}
 	wg.Wait()
@@ -344,20 +351,11 @@ func cleanup(b *testing.B, c client.Client, ns string) {
 	if err := c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	for i := range pods.Items {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := c.Delete(ctx, &pods.Items[i], client.GracePeriodSeconds(0)); client.IgnoreNotFound(err) != nil {
-				b.Errorf("delete Pod %s: %v", pods.Items[i].Name, err)
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(len(pods.Items), func(i int) {
+		if err := c.Delete(ctx, &pods.Items[i], client.GracePeriodSeconds(0)); client.IgnoreNotFound(err) != nil {
+			b.Errorf("delete Pod %s: %v", pods.Items[i].Name, err)
+		}
+	})
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		if err := c.List(ctx, &pods, client.InNamespace(ns)); err == nil && len(pods.Items) == 0 {
