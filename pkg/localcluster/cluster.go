@@ -158,15 +158,7 @@ func (c *Cluster) Delete(ctx context.Context) error {
 // PID returns the process id of one of the cluster's components, such as
 // kube-scheduler, from kwokctl's pid file.
 func (c *Cluster) PID(component string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(c.Dir(), "pids", component+".pid"))
-	if err != nil {
-		return 0, err
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("pid file of %s: %w", component, err)
-	}
-	return pid, nil
+	return readPID(filepath.Join(c.Dir(), "pids", component+".pid"))
 }
 
 // PIDs returns the process ids of the cluster's running components.
@@ -174,19 +166,23 @@ func (c *Cluster) PIDs() []int {
 	files, _ := filepath.Glob(filepath.Join(c.Dir(), "pids", "*.pid"))
 	var pids []int
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 1 {
-			continue
-		}
-		if syscall.Kill(pid, 0) == nil {
+		if pid, err := readPID(f); err == nil && pid > 1 && syscall.Kill(pid, 0) == nil {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+func readPID(file string) (int, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("pid file %s: %w", file, err)
+	}
+	return pid, nil
 }
 
 // CleanupCommand is a shell command that deletes the cluster; it is run by a
