@@ -11,8 +11,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"berth.dev/berth/pkg/localcluster"
 	"berth.dev/berth/pkg/supervisor"
@@ -107,6 +110,26 @@ func startPostgres(ctx context.Context) (*Postgres, error) {
 	}
 	return pg, nil
 }
+
+// Database creates an empty database for one test on the server and returns
+// a DSN that reaches it. Tests that each take their own never see each
+// other's rows.
+func (p *Postgres) Database(t testing.TB) string {
+	t.Helper()
+	name := fmt.Sprintf("t_%d_%d", os.Getpid(), dbSeq.Add(1))
+	conn, err := pgx.Connect(t.Context(), p.DSN)
+	if err != nil {
+		t.Fatalf("framework: connect to PostgreSQL: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(t.Context(), "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("framework: create database %s: %v", name, err)
+	}
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, name)
+}
+
+// dbSeq numbers the databases Database creates.
+var dbSeq atomic.Int64
 
 func (p *Postgres) data() string { return filepath.Join(p.dir, "data") }
 

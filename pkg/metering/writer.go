@@ -1,0 +1,115 @@
+package metering
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DB is the part of a pgx pool or connection the writer uses.
+type DB interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// columns are usage_intervals' columns in the order rowValues gives them.
+var columns = []string{
+	"uid", "interval_start", "interval_seconds", "org", "namespace", "name", "class",
+	"user_name", "workspace", "project", "node", "pool", "spot",
+	"running_seconds", "cpu_core_seconds", "memory_gib_seconds", "gpu_seconds",
+	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars",
+}
+
+// upsert moves the staged rows into usage_intervals. A row already there is
+// replaced by the staged one: every column holds an absolute value for its
+// interval, so the result is the same however often a row arrives. A row
+// that covers less of its interval than the stored one is stale (written by
+// a meter that has since lost its lease, say, and arriving late) and is
+// dropped, so an interval never shrinks.
+var upsert = func() string {
+	set := make([]string, 0, len(columns))
+	for _, c := range columns[2:] {
+		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
+	}
+	list := strings.Join(columns, ", ")
+	return fmt.Sprintf(`INSERT INTO usage_intervals (%s) SELECT %s FROM usage_stage
+ORDER BY uid, interval_start
+ON CONFLICT (uid, interval_start) DO UPDATE SET %s
+WHERE usage_intervals.running_seconds <= EXCLUDED.running_seconds`, list, list, strings.Join(set, ", "))
+}()
+
+// Write stores rows exactly once: it copies them into a temporary table and
+// moves them into usage_intervals with one INSERT ... ON CONFLICT, in one
+// transaction. Rows are moved in key order, so that meters writing the same
+// intervals at once lock them in the same order and never deadlock. Rows
+// with the same key keep the last one given. Writing the
+// same rows again never adds to a total, and a later version of an
+// interval replaces the earlier one. The orgs and users named are recorded too.
+func Write(ctx context.Context, db DB, rows []Row) error {
+	rows = lastPerKey(rows)
+	if len(rows) == 0 {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE usage_stage
+			(LIKE usage_intervals INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
+			return fmt.Errorf("stage usage: %w", err)
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+			return rowValues(&rows[i]), nil
+		})); err != nil {
+			return fmt.Errorf("copy %d usage rows: %w", len(rows), err)
+		}
+		for _, q := range []string{
+			`INSERT INTO orgs (name) SELECT DISTINCT org FROM usage_stage ORDER BY org ON CONFLICT DO NOTHING`,
+			`INSERT INTO users (org, name) SELECT DISTINCT org, user_name FROM usage_stage
+				WHERE user_name <> '' ORDER BY org, user_name ON CONFLICT DO NOTHING`,
+			upsert,
+		} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return fmt.Errorf("write usage: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// CopyRows is the floor Write is measured against: a bare CopyFrom of rows
+// into usage_intervals, which adds to what is there and fails on a key
+// already present.
+func CopyRows(ctx context.Context, tx pgx.Tx, rows []Row) (int64, error) {
+	return tx.CopyFrom(ctx, pgx.Identifier{"usage_intervals"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return rowValues(&rows[i]), nil
+	}))
+}
+
+func rowValues(r *Row) []any {
+	return []any{
+		r.UID, r.IntervalStart, r.IntervalSeconds, r.Org, r.Namespace, r.Name, r.Class,
+		r.User, r.Workspace, r.Project, r.Node, r.Pool, r.Spot,
+		r.RunningSeconds, r.CPUCoreSeconds, r.MemoryGiBSeconds, r.GPUSeconds,
+		r.ScratchGiBHours, r.VolumeGiBHours, r.PromptTokens, r.GenerationTokens, r.CostDollars,
+	}
+}
+
+// lastPerKey drops all but the last row of each (uid, interval start): one
+// INSERT ... ON CONFLICT cannot touch a row twice.
+func lastPerKey(rows []Row) []Row {
+	type key struct {
+		uid   string
+		start int64
+	}
+	at := make(map[key]int, len(rows))
+	out := rows[:0:0]
+	for _, r := range rows {
+		k := key{r.UID, r.IntervalStart.UnixMicro()}
+		if i, ok := at[k]; ok {
+			out[i] = r
+			continue
+		}
+		at[k] = len(out)
+		out = append(out, r)
+	}
+	return out
+}

@@ -1,0 +1,152 @@
+package metering
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"berth.dev/berth/pkg/metering"
+)
+
+// truth is the usage of a scripted set of Pods, summed by hand.
+type truth struct {
+	seconds, cpu, gpu, cost float64
+}
+
+// scriptedPods are Pods whose runs cross interval edges, start before and
+// end after the metered window, and never start.
+func scriptedPods(t0 time.Time) ([]metering.Pod, truth) {
+	pods := []metering.Pod{
+		{UID: "00000000-0000-0000-0000-000000000001", Org: "acme", Class: "workspace", User: "ana", Namespace: "acme-dev", Name: "ws-ana",
+			Start: t0.Add(7 * time.Second), End: t0.Add(5*time.Minute + 31*time.Second), CPU: 2, NodeShare: 0.125, NodePrice: 0.8, Pool: "spot-ssd", Spot: true},
+		{UID: "00000000-0000-0000-0000-000000000002", Org: "acme", Class: "build", User: "bo", Namespace: "acme-ci", Name: "build-1",
+			Start: t0.Add(61 * time.Second), End: t0.Add(2*time.Minute + 1*time.Second), CPU: 1.5, NodeShare: 0.1, NodePrice: 0.8, Pool: "spot-ssd", Spot: true},
+		{UID: "00000000-0000-0000-0000-000000000003", Org: "globex", Class: "inference", User: "cy", Namespace: "globex-ml", Name: "vllm-0",
+			Start: t0.Add(-time.Hour), CPU: 4, GPU: 2, NodeShare: 0.5, NodePrice: 3.6, Pool: "gpu"},
+		{UID: "00000000-0000-0000-0000-000000000004", Org: "globex", Class: "workspace", Namespace: "globex-dev", Name: "pending", CPU: 1},
+	}
+	// The window is [t0, t0+6m): vllm-0 runs all of it.
+	run := []float64{324, 60, 360, 0}
+	var tr truth
+	for i, p := range pods {
+		tr.seconds += run[i]
+		tr.cpu += p.CPU * run[i]
+		tr.gpu += p.GPU * run[i]
+		tr.cost += p.NodePrice * p.NodeShare * run[i] / 3600
+	}
+	return pods, tr
+}
+
+func totals(t *testing.T, pool *pgxpool.Pool) truth {
+	t.Helper()
+	var tr truth
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT coalesce(sum(running_seconds), 0), coalesce(sum(cpu_core_seconds), 0),
+		coalesce(sum(gpu_seconds), 0), coalesce(sum(cost_dollars), 0) FROM usage_intervals`).Scan(&tr.seconds, &tr.cpu, &tr.gpu, &tr.cost))
+	return tr
+}
+
+func assertTruth(t *testing.T, want, got truth, msg string) {
+	t.Helper()
+	assert.InDelta(t, want.seconds, got.seconds, 1e-6, "%s: running seconds", msg)
+	assert.InDelta(t, want.cpu, got.cpu, 1e-6, "%s: core-seconds", msg)
+	assert.InDelta(t, want.gpu, got.gpu, 1e-6, "%s: GPU-seconds", msg)
+	assert.InDelta(t, want.cost, got.cost, 1e-9, "%s: dollars", msg)
+}
+
+// A meter that writes every few seconds, repeats batches, writes them out
+// of order and lets a stale batch arrive last still stores each total
+// exactly once.
+func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
+	pool, _ := migrated(t)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	end := t0.Add(6 * time.Minute)
+	pods, want := scriptedPods(t0)
+
+	// A meter's ticks every 13 s, each writing the intervals it has seen
+	// since the last tick's interval began: open intervals are rewritten
+	// as they fill.
+	var batches [][]metering.Row
+	for now := t0.Add(13 * time.Second); ; now = now.Add(13 * time.Second) {
+		if now.After(end) {
+			now = end
+		}
+		// The meter started at t0: nothing before it is written.
+		from := now.Add(-13 * time.Second).Truncate(time.Minute).Add(-time.Minute)
+		if from.Before(t0) {
+			from = t0
+		}
+		var batch []metering.Row
+		for _, p := range pods {
+			batch = append(batch, metering.Intervals(p, from, now, time.Minute, nil)...)
+		}
+		batches = append(batches, batch)
+		if !now.Before(end) {
+			break
+		}
+	}
+	for i, b := range batches {
+		require.NoError(t, metering.Write(t.Context(), pool, b), "batch %d", i)
+	}
+	assertTruth(t, want, totals(t, pool), "in order")
+
+	// Replays: every batch again, shuffled, and the first (stalest) last.
+	rng := rand.New(rand.NewPCG(1, 2))
+	order := rng.Perm(len(batches))
+	for _, i := range order {
+		require.NoError(t, metering.Write(t.Context(), pool, batches[i]))
+	}
+	require.NoError(t, metering.Write(t.Context(), pool, batches[0]))
+	assertTruth(t, want, totals(t, pool), "after replays")
+
+	// One batch of the whole window, as a restarted meter writes it.
+	var all []metering.Row
+	for _, p := range pods {
+		all = append(all, metering.Intervals(p, t0, end, time.Minute, nil)...)
+	}
+	require.NoError(t, metering.Write(t.Context(), pool, append(all, all...)))
+	assertTruth(t, want, totals(t, pool), "after a restart's rewrite")
+
+	var orgs, users int
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT (SELECT count(*) FROM orgs), (SELECT count(*) FROM users)").Scan(&orgs, &users))
+	assert.Equal(t, 2, orgs)
+	assert.Equal(t, 3, users)
+
+	var spot, onDemand float64
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT coalesce(sum(cost_dollars) FILTER (WHERE spot), 0),
+		coalesce(sum(cost_dollars) FILTER (WHERE NOT spot), 0) FROM usage_intervals`).Scan(&spot, &onDemand))
+	assert.InDelta(t, 3.6*0.5*360/3600, onDemand, 1e-9, "on-demand cost is reported apart from spot")
+	assert.InDelta(t, 0.8*0.125*324/3600+0.8*0.1*60/3600, spot, 1e-9)
+}
+
+// Two meters overlapping in a leader handover write the same intervals at
+// once; the totals are still exact.
+func TestConcurrentMetersWriteEachIntervalOnce(t *testing.T) {
+	pool, _ := migrated(t)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	pods, want := scriptedPods(t0)
+	var all []metering.Row
+	for _, p := range pods {
+		all = append(all, metering.Intervals(p, t0, t0.Add(6*time.Minute), time.Minute, nil)...)
+	}
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			rows := append([]metering.Row(nil), all...)
+			rand.New(rand.NewPCG(uint64(i), 9)).Shuffle(len(rows), func(a, b int) { rows[a], rows[b] = rows[b], rows[a] })
+			errs <- metering.Write(t.Context(), pool, rows)
+		}()
+	}
+	for range 8 {
+		err := <-errs
+		require.NoError(t, err)
+	}
+	assertTruth(t, want, totals(t, pool), "8 writers at once")
+	var n int
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT count(*) FROM usage_intervals").Scan(&n))
+	assert.Equal(t, len(all), n, fmt.Sprintf("one row per (uid, interval): %d", len(all)))
+}
