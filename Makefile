@@ -66,7 +66,7 @@ test-integration: ## Run the integration tests on real local clusters (needs mak
 bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run; one package at a time.
 	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m $(TEST_FLAGS) ./test/bench/...
 
-IMAGES := berth-blob berth-manager berth-scheduler
+IMAGES := berth-blob berth-manager berth-meter berth-scheduler
 
 .PHONY: images
 images: ## Build berth's container images as tarballs in bin/images, with no container engine; docker load, kind load image-archive or crane push them.

@@ -20,7 +20,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var o Options
-	flag.StringVar(&o.Binary, "binary", "", "the binary to package, a folder of ./cmd (berth-blob, berth-manager, berth-scheduler)")
+	flag.StringVar(&o.Binary, "binary", "", "the binary to package, a folder of ./cmd (berth-blob, berth-manager, berth-meter, berth-scheduler)")
 	flag.StringVar(&o.Tag, "tag", "", "the image reference written into the tarball (default "+DefaultRepository+"/BINARY:"+DefaultVersion+")")
 	flag.StringVar(&o.Out, "out", "", "the tarball to write (default bin/images/BINARY.tar)")
 	flag.StringVar(&o.Arch, "arch", "amd64", "the CPU architecture to build for (amd64, arm64)")

@@ -65,12 +65,16 @@ type Row struct {
 	PromptTokens     int64
 	GenerationTokens int64
 	CostDollars      float64
+	// Final is set on the rows of a Pod that has ended: they no longer
+	// change, and no later write changes them.
+	Final bool
 }
 
 // Intervals returns p's rows for the intervals of length step (starting at
 // multiples of step, as time.Truncate gives them) that overlap both [from, to) and the time p ran. use gives
 // the measured use in the interval starting at its argument; nil charges
-// requests only. CPU and memory are charged as max(request, use).
+// requests only. CPU and memory are charged as max(request, use). The rows
+// of a Pod that has ended, up to its end, are final.
 func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start time.Time) Usage) []Row {
 	runFrom, runTo := later(p.Start, from), to
 	if !p.End.IsZero() && p.End.Before(runTo) {
@@ -102,6 +106,8 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 			ScratchGiBHours:  p.ScratchGiB * secs / 3600,
 			VolumeGiBHours:   p.VolumeGiB * secs / 3600,
 			CostDollars:      p.NodePrice * p.NodeShare * secs / 3600,
+			// A row is final once the Pod has ended within what it covers.
+			Final: !p.End.IsZero() && !to.Before(earlier(end, p.End)),
 		})
 	}
 	return rows

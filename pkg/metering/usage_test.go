@@ -47,7 +47,16 @@ func TestIntervalsOfARunningPodStopAtTo(t *testing.T) {
 	assert.Equal(t, t0.Add(time.Minute), rows[0].IntervalStart)
 	assert.InDelta(t, 10, rows[1].RunningSeconds, 1e-9, "the open interval holds what has run so far")
 
+	assert.False(t, rows[1].Final, "a running Pod's rows are not final")
 	assert.Empty(t, Intervals(Pod{UID: "u", CPU: 1}, t0, t0.Add(time.Hour), time.Minute, nil), "a Pod that never started used nothing")
+
+	ended := Pod{UID: "u", CPU: 1, Start: t0, End: t0.Add(90 * time.Second)}
+	rows = Intervals(ended, t0, t0.Add(80*time.Second), time.Minute, nil)
+	require.Len(t, rows, 2)
+	assert.True(t, rows[0].Final, "a whole interval before the end is final")
+	assert.False(t, rows[1].Final, "the interval holding the end is final only once it is written up to the end")
+	rows = Intervals(ended, t0, t0.Add(time.Hour), time.Minute, nil)
+	assert.True(t, rows[1].Final)
 	assert.Empty(t, Intervals(Pod{UID: "u", Start: t0, End: t0.Add(time.Minute)}, t0.Add(time.Hour), t0.Add(2*time.Hour), time.Minute, nil))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -18,61 +19,93 @@ var columns = []string{
 	"uid", "interval_start", "interval_seconds", "org", "namespace", "name", "class",
 	"user_name", "workspace", "project", "node", "pool", "spot",
 	"running_seconds", "cpu_core_seconds", "memory_gib_seconds", "gpu_seconds",
-	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars",
+	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars", "final",
 }
 
-// upsert moves the staged rows into usage_intervals. A row already there is
-// replaced by the staged one: every column holds an absolute value for its
-// interval, so the result is the same however often a row arrives. A row
-// that covers less of its interval than the stored one is stale (written by
-// a meter that has since lost its lease, say, and arriving late) and is
-// dropped, so an interval never shrinks.
+// upsert moves the staged rows into usage_intervals, in key order, so that
+// meters writing the same intervals at once lock them in the same order and
+// never deadlock. A staged row replaces the stored one: every column holds
+// an absolute value for its interval. Three kinds of row are dropped:
+//   - any row over a final one: the Pod had ended when that was written;
+//   - a row that is not final and covers less of its interval than the
+//     stored one: it is stale (written by a meter that has since lost its
+//     lease, say, and arriving late);
+//   - a row that is not final for a Pod recorded as ended.
 var upsert = func() string {
 	set := make([]string, 0, len(columns))
 	for _, c := range columns[2:] {
 		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
 	}
 	list := strings.Join(columns, ", ")
-	return fmt.Sprintf(`INSERT INTO usage_intervals (%s) SELECT %s FROM usage_stage
+	return fmt.Sprintf(`INSERT INTO usage_intervals (%s) SELECT %s FROM usage_stage s
+WHERE s.final OR NOT EXISTS (SELECT 1 FROM metered_ends e WHERE e.uid = s.uid)
 ORDER BY uid, interval_start
 ON CONFLICT (uid, interval_start) DO UPDATE SET %s
-WHERE usage_intervals.running_seconds <= EXCLUDED.running_seconds`, list, list, strings.Join(set, ", "))
+WHERE NOT usage_intervals.final AND (EXCLUDED.final OR usage_intervals.running_seconds <= EXCLUDED.running_seconds)`,
+		list, list, strings.Join(set, ", "))
 }()
 
 // Write stores rows exactly once: it copies them into a temporary table and
 // moves them into usage_intervals with one INSERT ... ON CONFLICT, in one
-// transaction. Rows are moved in key order, so that meters writing the same
-// intervals at once lock them in the same order and never deadlock. Rows
-// with the same key keep the last one given. Writing the
-// same rows again never adds to a total, and a later version of an
-// interval replaces the earlier one. The orgs and users named are recorded too.
+// transaction (see upsert for which rows win). Rows with the same key keep
+// the last one given. Writing the same rows again never adds to a total, and
+// a later version of an open interval replaces the earlier one. The orgs and
+// users named are recorded too.
 func Write(ctx context.Context, db DB, rows []Row) error {
 	rows = lastPerKey(rows)
 	if len(rows) == 0 {
 		return nil
 	}
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { return write(ctx, tx, rows) })
+}
+
+// End records that the Pod uid ended at end, with its last rows. rows must
+// be final and cover every interval from the one holding end back to the
+// last interval written while the Pod was taken to run: those may have been
+// charged past the end, by a meter that saw the end late. Rows of intervals
+// that start at or after end are removed.
+func End(ctx context.Context, db DB, uid string, end time.Time, rows []Row) error {
+	rows = lastPerKey(rows)
+	for i := range rows {
+		if !rows[i].Final || rows[i].UID != uid {
+			return fmt.Errorf("metering: End of Pod %s given a row of Pod %s, final %t; give it the Pod's final rows only", uid, rows[i].UID, rows[i].Final)
+		}
+	}
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE usage_stage
-			(LIKE usage_intervals INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
-			return fmt.Errorf("stage usage: %w", err)
+		if _, err := tx.Exec(ctx, `INSERT INTO metered_ends (uid, ended_at) VALUES ($1, $2) ON CONFLICT (uid) DO NOTHING`, uid, end); err != nil {
+			return fmt.Errorf("record the end of Pod %s: %w", uid, err)
 		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-			return rowValues(&rows[i]), nil
-		})); err != nil {
-			return fmt.Errorf("copy %d usage rows: %w", len(rows), err)
+		if _, err := tx.Exec(ctx, `DELETE FROM usage_intervals WHERE uid = $1 AND interval_start >= $2 AND NOT final`, uid, end); err != nil {
+			return fmt.Errorf("remove usage past the end of Pod %s: %w", uid, err)
 		}
-		for _, q := range []string{
-			`INSERT INTO orgs (name) SELECT DISTINCT org FROM usage_stage ORDER BY org ON CONFLICT DO NOTHING`,
-			`INSERT INTO users (org, name) SELECT DISTINCT org, user_name FROM usage_stage
-				WHERE user_name <> '' ORDER BY org, user_name ON CONFLICT DO NOTHING`,
-			upsert,
-		} {
-			if _, err := tx.Exec(ctx, q); err != nil {
-				return fmt.Errorf("write usage: %w", err)
-			}
+		if len(rows) == 0 {
+			return nil
 		}
-		return nil
+		return write(ctx, tx, rows)
 	})
+}
+
+func write(ctx context.Context, tx pgx.Tx, rows []Row) error {
+	if _, err := tx.Exec(ctx, `CREATE TEMPORARY TABLE usage_stage
+		(LIKE usage_intervals INCLUDING DEFAULTS) ON COMMIT DROP`); err != nil {
+		return fmt.Errorf("stage usage: %w", err)
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return rowValues(&rows[i]), nil
+	})); err != nil {
+		return fmt.Errorf("copy %d usage rows: %w", len(rows), err)
+	}
+	for _, q := range []string{
+		`INSERT INTO orgs (name) SELECT DISTINCT org FROM usage_stage ORDER BY org ON CONFLICT DO NOTHING`,
+		`INSERT INTO users (org, name) SELECT DISTINCT org, user_name FROM usage_stage
+			WHERE user_name <> '' ORDER BY org, user_name ON CONFLICT DO NOTHING`,
+		upsert,
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("write usage: %w", err)
+		}
+	}
+	return nil
 }
 
 // CopyRows is the floor Write is measured against: a bare CopyFrom of rows
@@ -89,7 +122,7 @@ func rowValues(r *Row) []any {
 		r.UID, r.IntervalStart, r.IntervalSeconds, r.Org, r.Namespace, r.Name, r.Class,
 		r.User, r.Workspace, r.Project, r.Node, r.Pool, r.Spot,
 		r.RunningSeconds, r.CPUCoreSeconds, r.MemoryGiBSeconds, r.GPUSeconds,
-		r.ScratchGiBHours, r.VolumeGiBHours, r.PromptTokens, r.GenerationTokens, r.CostDollars,
+		r.ScratchGiBHours, r.VolumeGiBHours, r.PromptTokens, r.GenerationTokens, r.CostDollars, r.Final,
 	}
 }
 

@@ -61,9 +61,19 @@ CREATE TABLE usage_intervals (
     prompt_tokens      bigint           NOT NULL DEFAULT 0,
     generation_tokens  bigint           NOT NULL DEFAULT 0,
     cost_dollars       double precision NOT NULL DEFAULT 0,
+    -- final rows were written once the Pod had ended: no later write
+    -- changes them.
+    final              boolean          NOT NULL DEFAULT false,
     PRIMARY KEY (uid, interval_start)
 );
 CREATE INDEX usage_intervals_org_start ON usage_intervals (org, interval_start);
+
+-- metered_ends records when each metered Pod ended. Once it is there, only
+-- final rows are taken for the Pod.
+CREATE TABLE metered_ends (
+    uid      uuid PRIMARY KEY,
+    ended_at timestamptz NOT NULL
+);
 
 -- builds holds each build's queue and run times, for build and queue minutes.
 CREATE TABLE builds (

@@ -25,13 +25,13 @@ func scriptedPods(t0 time.Time) ([]metering.Pod, truth) {
 		{UID: "00000000-0000-0000-0000-000000000001", Org: "acme", Class: "workspace", User: "ana", Namespace: "acme-dev", Name: "ws-ana",
 			Start: t0.Add(7 * time.Second), End: t0.Add(5*time.Minute + 31*time.Second), CPU: 2, NodeShare: 0.125, NodePrice: 0.8, Pool: "spot-ssd", Spot: true},
 		{UID: "00000000-0000-0000-0000-000000000002", Org: "acme", Class: "build", User: "bo", Namespace: "acme-ci", Name: "build-1",
-			Start: t0.Add(61 * time.Second), End: t0.Add(2*time.Minute + 1*time.Second), CPU: 1.5, NodeShare: 0.1, NodePrice: 0.8, Pool: "spot-ssd", Spot: true},
+			Start: t0.Add(61 * time.Second), End: t0.Add(2*time.Minute + 45*time.Second), CPU: 1.5, NodeShare: 0.1, NodePrice: 0.8, Pool: "spot-ssd", Spot: true},
 		{UID: "00000000-0000-0000-0000-000000000003", Org: "globex", Class: "inference", User: "cy", Namespace: "globex-ml", Name: "vllm-0",
 			Start: t0.Add(-time.Hour), CPU: 4, GPU: 2, NodeShare: 0.5, NodePrice: 3.6, Pool: "gpu"},
 		{UID: "00000000-0000-0000-0000-000000000004", Org: "globex", Class: "workspace", Namespace: "globex-dev", Name: "pending", CPU: 1},
 	}
 	// The window is [t0, t0+6m): vllm-0 runs all of it.
-	run := []float64{324, 60, 360, 0}
+	run := []float64{324, 104, 360, 0}
 	var tr truth
 	for i, p := range pods {
 		tr.seconds += run[i]
@@ -58,9 +58,9 @@ func assertTruth(t *testing.T, want, got truth, msg string) {
 	assert.InDelta(t, want.cost, got.cost, 1e-9, "%s: dollars", msg)
 }
 
-// A meter that writes every few seconds, repeats batches, writes them out
-// of order and lets a stale batch arrive last still stores each total
-// exactly once.
+// A meter that writes every few seconds, learns of ends late, repeats
+// batches, writes them out of order and lets a stale batch arrive last
+// still stores each total exactly once.
 func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
 	pool, _ := migrated(t)
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
@@ -69,8 +69,12 @@ func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
 
 	// A meter's ticks every 13 s, each writing the intervals it has seen
 	// since the last tick's interval began: open intervals are rewritten
-	// as they fill.
+	// as they fill. It learns that a Pod ended 20 s late, and charges it
+	// as running until then, build-1 into the next interval; End then
+	// corrects the overcharge.
+	const lag = 20 * time.Second
 	var batches [][]metering.Row
+	ended := map[string]bool{}
 	for now := t0.Add(13 * time.Second); ; now = now.Add(13 * time.Second) {
 		if now.After(end) {
 			now = end
@@ -82,16 +86,28 @@ func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
 		}
 		var batch []metering.Row
 		for _, p := range pods {
-			batch = append(batch, metering.Intervals(p, from, now, time.Minute, nil)...)
+			if p.End.IsZero() || now.Before(p.End.Add(lag)) {
+				seen := p
+				seen.End = time.Time{}
+				batch = append(batch, metering.Intervals(seen, from, now, time.Minute, nil)...)
+				continue
+			}
+			if !ended[p.UID] {
+				ended[p.UID] = true
+				final := metering.Intervals(p, p.End.Truncate(time.Minute), p.End, time.Minute, nil)
+				require.NoError(t, metering.Write(t.Context(), pool, batch))
+				batches = append(batches, batch)
+				batch = nil
+				require.NoError(t, metering.End(t.Context(), pool, p.UID, p.End, final))
+			}
 		}
+		require.NoError(t, metering.Write(t.Context(), pool, batch))
 		batches = append(batches, batch)
 		if !now.Before(end) {
 			break
 		}
 	}
-	for i, b := range batches {
-		require.NoError(t, metering.Write(t.Context(), pool, b), "batch %d", i)
-	}
+	require.Len(t, ended, 2, "both ended Pods' ends were seen")
 	assertTruth(t, want, totals(t, pool), "in order")
 
 	// Replays: every batch again, shuffled, and the first (stalest) last.
@@ -103,7 +119,8 @@ func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
 	require.NoError(t, metering.Write(t.Context(), pool, batches[0]))
 	assertTruth(t, want, totals(t, pool), "after replays")
 
-	// One batch of the whole window, as a restarted meter writes it.
+	// The whole window again, every row twice, as a restarted meter
+	// writes it.
 	var all []metering.Row
 	for _, p := range pods {
 		all = append(all, metering.Intervals(p, t0, end, time.Minute, nil)...)
@@ -120,7 +137,7 @@ func TestUsageTotalsSurviveReplaysAndStaleWrites(t *testing.T) {
 	require.NoError(t, pool.QueryRow(t.Context(), `SELECT coalesce(sum(cost_dollars) FILTER (WHERE spot), 0),
 		coalesce(sum(cost_dollars) FILTER (WHERE NOT spot), 0) FROM usage_intervals`).Scan(&spot, &onDemand))
 	assert.InDelta(t, 3.6*0.5*360/3600, onDemand, 1e-9, "on-demand cost is reported apart from spot")
-	assert.InDelta(t, 0.8*0.125*324/3600+0.8*0.1*60/3600, spot, 1e-9)
+	assert.InDelta(t, 0.8*0.125*324/3600+0.8*0.1*104/3600, spot, 1e-9)
 }
 
 // Two meters overlapping in a leader handover write the same intervals at

@@ -1,0 +1,188 @@
+package metering
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/metering"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+)
+
+// hold is the test's own finalizer: it keeps a deleted Pod readable, so
+// that the test can take its start and delete times as the truth.
+const hold = "test.berth.dev/hold"
+
+// prices is the local cluster's pools file, which berth-meter reads as is.
+const prices = "../../../manifests/local-cluster/pools.yaml"
+
+// startMeter runs berth-meter against the cluster and the database, with
+// 2 s intervals, and waits until it is ready.
+func startMeter(t *testing.T, env *framework.ClusterEnv, dsn string) *framework.Process {
+	t.Helper()
+	port := framework.FreePort(t)
+	p := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
+		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--prices", prices, "--interval", "2s",
+		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
+	})
+	p.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", port), time.Minute)
+	return p
+}
+
+// lifecycle creates and deletes n workspace Pods on spot nodes, staggered
+// over about spread, and returns them. It calls kill at `kills` random
+// points among the creates and deletes.
+func lifecycle(t *testing.T, env *framework.ClusterEnv, ns string, n int, spread time.Duration, rng *rand.Rand, kills int, kill func()) []*corev1.Pod {
+	t.Helper()
+	nodes, err := env.NodesByPool(t.Context())
+	require.NoError(t, err)
+	spot := nodes["spot-ssd"]
+	require.NotEmpty(t, spot)
+	type step struct {
+		at           time.Duration
+		create, kill bool
+		i            int
+	}
+	var steps []step
+	for i := range n {
+		start := time.Duration(rng.Int64N(int64(spread / 2)))
+		steps = append(steps, step{at: start, create: true, i: i},
+			step{at: start + time.Second + time.Duration(rng.Int64N(int64(spread/2))), i: i})
+	}
+	for range kills {
+		steps = append(steps, step{at: time.Duration(rng.Int64N(int64(spread))), kill: true})
+	}
+	slices.SortFunc(steps, func(a, b step) int { return int(a.at - b.at) })
+	pods := make([]*corev1.Pod, n)
+	begin := time.Now()
+	for _, s := range steps {
+		time.Sleep(time.Until(begin.Add(s.at)))
+		if s.kill {
+			kill()
+			continue
+		}
+		if s.create {
+			pod := testutil.Pod(fmt.Sprintf("ws-%d", s.i)).Namespace(ns).Class(berthv1alpha1.ClassWorkspace).
+				User(fmt.Sprintf("dev-%d", s.i%3)).Resource(corev1.ResourceCPU, "1").Resource(corev1.ResourceMemory, "2Gi").
+				NodeName(spot[s.i%len(spot)].Name).Obj()
+			pod.Finalizers = []string{hold}
+			require.NoError(t, env.Client.Create(t.Context(), pod))
+			pods[s.i] = pod
+			continue
+		}
+		// A Pod is deleted once it runs, so that it has a start.
+		framework.Eventually(t, 30*time.Second, "Pod "+pods[s.i].Name+" runs", func(ctx context.Context) (bool, error) {
+			err := env.Client.Get(ctx, client.ObjectKeyFromObject(pods[s.i]), pods[s.i])
+			return pods[s.i].Status.StartTime != nil, err
+		})
+		require.NoError(t, env.Client.Delete(t.Context(), pods[s.i]))
+	}
+	return pods
+}
+
+// settle waits until the meter has let go of every Pod, then returns each
+// Pod's seconds run by the API server's own timestamps, and releases them.
+func settle(t *testing.T, env *framework.ClusterEnv, pods []*corev1.Pod) map[string]float64 {
+	t.Helper()
+	ran := map[string]float64{}
+	for _, pod := range pods {
+		framework.Eventually(t, time.Minute, "the meter lets go of "+pod.Name, func(ctx context.Context) (bool, error) {
+			err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod)
+			return !controllerutil.ContainsFinalizer(pod, metering.Finalizer), err
+		})
+		require.NotNil(t, pod.DeletionTimestamp)
+		require.NotNil(t, pod.Status.StartTime, pod.Name)
+		end := pod.DeletionTimestamp.Add(-time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second)
+		ran[string(pod.UID)] = end.Sub(pod.Status.StartTime.Time).Seconds()
+		patch := client.MergeFrom(pod.DeepCopy())
+		controllerutil.RemoveFinalizer(pod, hold)
+		require.NoError(t, env.Client.Patch(t.Context(), pod, patch))
+	}
+	return ran
+}
+
+// stored returns the seconds the database holds per Pod UID.
+func stored(t *testing.T, pool *pgxpool.Pool) map[string]float64 {
+	t.Helper()
+	rows, err := pool.Query(t.Context(), "SELECT uid::text, sum(running_seconds) FROM usage_intervals GROUP BY uid")
+	require.NoError(t, err)
+	defer rows.Close()
+	out := map[string]float64{}
+	for rows.Next() {
+		var uid string
+		var s float64
+		require.NoError(t, rows.Scan(&uid, &s))
+		out[uid] = s
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+func assertSeconds(t *testing.T, want, got map[string]float64) {
+	t.Helper()
+	require.Len(t, got, len(want), "one set of rows per Pod")
+	for uid, w := range want {
+		assert.InDelta(t, w, got[uid], 1e-6, "Pod %s: seconds run, to the second", uid)
+	}
+}
+
+// A scripted lifecycle of Pods: the database's totals equal the seconds
+// each Pod ran by the API server's timestamps, and the rows carry the org
+// from the namespace, the pool, spot and the cost.
+func TestMeterChargesEachPodToTheSecond(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	startMeter(t, env, dsn)
+	ns := env.Namespace(t, "acme")
+
+	pods := lifecycle(t, env, ns, 6, 10*time.Second, rand.New(rand.NewPCG(3, 4)), 0, nil)
+	want := settle(t, env, pods)
+	assertSeconds(t, want, stored(t, pool))
+
+	var orgs []string
+	var spotRows, costly int
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT array_agg(DISTINCT org), count(*) FILTER (WHERE spot AND pool = 'spot-ssd'),
+		count(*) FILTER (WHERE cost_dollars > 0) FROM usage_intervals`).Scan(&orgs, &spotRows, &costly))
+	assert.Equal(t, []string{"acme"}, orgs, "the org is the namespace's")
+	var rows int
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT count(*) FROM usage_intervals").Scan(&rows))
+	assert.Equal(t, rows, spotRows, "every row is on the spot pool")
+	assert.Equal(t, rows, costly, "every row has a cost from the pool's spot price")
+
+	// 1 CPU on a 16-CPU node at $0.187 an hour: the share is 1/16.
+	var cpu, cost, secs float64
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT sum(cpu_core_seconds), sum(cost_dollars), sum(running_seconds) FROM usage_intervals").Scan(&cpu, &cost, &secs))
+	assert.InDelta(t, secs, cpu, 1e-6)
+	assert.InDelta(t, 0.187/16*secs/3600, cost, 1e-9)
+}
+
+// The meter killed with SIGKILL at 10 random points of a lifecycle, and
+// restarted each time: the same totals.
+func TestMeterKilledAtRandomLosesNothing(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	meter := startMeter(t, env, dsn)
+	ns := env.Namespace(t, "acme")
+
+	kill := func() {
+		require.NoError(t, syscall.Kill(meter.PID(), syscall.SIGKILL))
+		meter.Stop()
+		meter = startMeter(t, env, dsn)
+	}
+	pods := lifecycle(t, env, ns, 12, 20*time.Second, rand.New(rand.NewPCG(7, 8)), 10, kill)
+	want := settle(t, env, pods)
+	assertSeconds(t, want, stored(t, pool))
+}
