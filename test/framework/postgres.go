@@ -103,9 +103,8 @@ func startPostgres(ctx context.Context) (*Postgres, error) {
 	if err := pg.run(ctx, "initdb", "-D", pg.data(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
 		return nil, err
 	}
-	conf := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", port, dir)
 	onTeardown(pg.stopCommand(), func() { _ = pg.stop(context.Background()) })
-	if err := pg.start(ctx, "-D", pg.data(), "-l", filepath.Join(dir, "server.log"), "-o", conf, "-w", "-t", "60", "start"); err != nil {
+	if err := pg.serve(ctx); err != nil {
 		return nil, err
 	}
 	return pg, nil
@@ -126,6 +125,27 @@ func (p *Postgres) Database(t testing.TB) string {
 		t.Fatalf("framework: create database %s: %v", name, err)
 	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, name)
+}
+
+// Stop stops the server at once, as a crash or an outage would: clients'
+// connections break. Start brings it back on the same port and data.
+func (p *Postgres) Stop(t testing.TB) {
+	t.Helper()
+	if err := p.stop(t.Context()); err != nil {
+		t.Fatalf("framework: stop PostgreSQL: %v", err)
+	}
+}
+
+// Start starts a server Stop stopped. It returns an error rather than
+// failing the test, so that it can run beside the test, on a timer.
+func (p *Postgres) Start(ctx context.Context) error {
+	return p.serve(ctx)
+}
+
+// serve starts the server on its port and data directory.
+func (p *Postgres) serve(ctx context.Context) error {
+	conf := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", p.Port, p.dir)
+	return p.start(ctx, "-D", p.data(), "-l", filepath.Join(p.dir, "server.log"), "-o", conf, "-w", "-t", "60", "start")
 }
 
 // dbSeq numbers the databases Database creates.

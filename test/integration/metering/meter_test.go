@@ -186,3 +186,25 @@ func TestMeterKilledAtRandomLosesNothing(t *testing.T) {
 	want := settle(t, env, pods)
 	assertSeconds(t, want, stored(t, pool))
 }
+
+// PostgreSQL down for 30 s in the middle of a lifecycle, while Pods start
+// and are deleted: the meter retries and, once the database is back, the
+// totals are the same to the second.
+func TestMeterOutlastsADatabaseOutage(t *testing.T) {
+	env := framework.Cluster(t)
+	pg := framework.PostgresServer(t)
+	pool, dsn := migrated(t)
+	startMeter(t, env, dsn)
+	ns := env.Namespace(t, "acme")
+
+	back := make(chan error, 1)
+	outage := func() {
+		pg.Stop(t)
+		time.AfterFunc(30*time.Second, func() { back <- pg.Start(context.Background()) })
+	}
+	pods := lifecycle(t, env, ns, 8, 40*time.Second, rand.New(rand.NewPCG(9, 10)), 1, outage)
+	require.NoError(t, <-back, "PostgreSQL starts again")
+	pool.Reset()
+	want := settle(t, env, pods)
+	assertSeconds(t, want, stored(t, pool))
+}
