@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -20,6 +21,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/audit"
 	"berth.dev/berth/pkg/manager"
 	"berth.dev/berth/pkg/metering"
 	"berth.dev/berth/pkg/placement"
@@ -39,6 +41,11 @@ func runMeter(ctx context.Context, args []string) error {
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader, for several replicas: only the leader meters")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	healthAddr := fs.String("health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
+	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+audit.IngestPath+"); 0 turns it off")
+	certFile := fs.String("tls-cert-file", "", "the API's serving certificate (PEM); empty generates a self-signed one")
+	keyFile := fs.String("tls-key-file", "", "the key of --tls-cert-file")
+	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit ingest off")
+	auditKeyID := fs.String("audit-key-id", "", "the key id new audit rows are signed with (default: the greatest)")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	fs.Var(klogFlagValue{klogFlags, "v"}, "v", "log verbosity")
@@ -108,13 +115,35 @@ func runMeter(ctx context.Context, args []string) error {
 	if err := m.Register(mgr); err != nil {
 		return err
 	}
+	if *apiAddr != "0" && *auditKeys != "" {
+		ring, err := audit.LoadKeyring(*auditKeys, *auditKeyID)
+		if err != nil {
+			return fmt.Errorf("--audit-keys: %w", err)
+		}
+		kube, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle(audit.IngestPath, &audit.Ingest{
+			Log: &audit.Log{DB: db, Keys: ring}, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now,
+		})
+		tlsCfg, err := serving(*certFile, *keyFile)
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(&apiServer{addr: *apiAddr, handler: mux, tls: tlsCfg}); err != nil {
+			return err
+		}
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("database", func(*http.Request) error { return db.Ping(ctx) }); err != nil {
 		return err
 	}
-	ctrl.Log.Info("starting berth-meter", "interval", interval.String(), "pools", len(prices), "poolLabel", *poolLabel)
+	ctrl.Log.Info("starting berth-meter", "interval", interval.String(), "pools", len(prices), "poolLabel", *poolLabel,
+		"api", *apiAddr, "auditIngest", *auditKeys != "")
 	return mgr.Start(ctx)
 }
 

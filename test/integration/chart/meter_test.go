@@ -2,6 +2,10 @@ package chart
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,12 +17,16 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/audit"
 	"berth.dev/berth/pkg/localcluster"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
@@ -27,8 +35,9 @@ import (
 // TestChartRunsTheMeterWithItsOwnRights renders the chart with berth-meter
 // on, creates its objects, and runs berth-meter with the Deployment's own
 // arguments, as the chart's ServiceAccount, on the rendered prices. A
-// labelled Pod that runs and is deleted is charged in PostgreSQL, and the
-// meter is refused nothing.
+// labelled Pod that runs and is deleted is charged in PostgreSQL, a
+// gateway's audit event is taken (the meter reviews its token and rights),
+// and the meter is refused nothing.
 func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	env := framework.Cluster(t)
 	root, err := localcluster.RepoRoot(".")
@@ -42,14 +51,17 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	assert.Contains(t, string(out), "meter.enabled needs meter.database.secretName")
 
 	objs := render(t, env, chart, "--set", "meter.enabled=true", "--set", "meter.database.secretName=berth-db",
-		"--set", "meter.interval=2s", "--set-json", `meter.prices=[{"name":"spot-ssd","price":{"onDemand":1.248,"spot":0.187}}]`)
+		"--set", "meter.interval=2s", "--set-json", `meter.prices=[{"name":"spot-ssd","price":{"onDemand":1.248,"spot":0.187}}]`,
+		"--set", "meter.audit.keysSecretName=berth-audit-keys")
 	ctx := t.Context()
 	require.NoError(t, client.IgnoreAlreadyExists(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}})))
 	var deploy, prices *unstructured.Unstructured
+	byName := map[string]*unstructured.Unstructured{}
 	for _, o := range objs {
 		if o.GetLabels()["app.kubernetes.io/name"] != "berth-meter" {
 			continue
 		}
+		byName[o.GetKind()+"/"+o.GetName()] = o
 		require.NoError(t, client.IgnoreAlreadyExists(env.Client.Create(ctx, o)), "create %s %s", o.GetKind(), o.GetName())
 		switch o.GetKind() {
 		case "Deployment":
@@ -60,6 +72,7 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	}
 	require.NotNil(t, deploy)
 	require.NotNil(t, prices)
+	assert.NotNil(t, byName["Service/berth-meter"], "the audit ingest's Service")
 
 	containers, _, _ := unstructured.NestedSlice(deploy.Object, "spec", "template", "spec", "containers")
 	require.Len(t, containers, 1)
@@ -73,7 +86,9 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	dir := framework.Dir(t, "meter")
 	data, _, _ := unstructured.NestedString(prices.Object, "data", "prices.yaml")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "prices.yaml"), []byte(data), 0o600))
-	port := framework.FreePort(t)
+	keys := framework.Dir(t, "audit-keys")
+	require.NoError(t, os.WriteFile(filepath.Join(keys, "k1"), []byte(strings.Repeat("k", 64)), 0o600))
+	port, api := framework.FreePort(t), framework.FreePort(t)
 	var run []string
 	for _, a := range args {
 		switch {
@@ -83,6 +98,10 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 			a = "--metrics-bind-address=0"
 		case strings.HasPrefix(a, "--health-probe-bind-address="):
 			a = "--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(port)
+		case strings.HasPrefix(a, "--api-bind-address="):
+			a = "--api-bind-address=127.0.0.1:" + strconv.Itoa(api)
+		case strings.HasPrefix(a, "--audit-keys="):
+			a = "--audit-keys=" + keys
 		}
 		run = append(run, a)
 	}
@@ -94,13 +113,14 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	nodes, err := env.NodesByPool(ctx)
 	require.NoError(t, err)
 	ns := env.Namespace(t, "chart-meter")
-	pod := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Resource(corev1.ResourceCPU, "1").
+	pod := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Workspace("ws").Resource(corev1.ResourceCPU, "1").
 		NodeName(nodes["spot-ssd"][0].Name).Obj()
 	require.NoError(t, env.Client.Create(ctx, pod))
 	framework.Eventually(t, time.Minute, "the Pod runs and carries the meter's finalizer", func(ctx context.Context) (bool, error) {
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod)
 		return pod.Status.StartTime != nil && len(pod.Finalizers) > 0, err
 	})
+	postAuditEvent(t, env, ns, "https://127.0.0.1:"+strconv.Itoa(api))
 	time.Sleep(3 * time.Second)
 	require.NoError(t, env.Client.Delete(ctx, pod))
 	framework.Eventually(t, time.Minute, "the Pod is gone", func(ctx context.Context) (bool, error) {
@@ -117,10 +137,40 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	assert.GreaterOrEqual(t, secs, 2.0, "the Pod's run is charged")
 	assert.Positive(t, cost, "at the rendered spot price")
 	assert.Equal(t, "chart-meter", org)
+	var audited int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM audit_logs WHERE org = 'chart-meter'").Scan(&audited))
+	assert.Equal(t, 1, audited, "the gateway's event is in the audit log")
 
 	log, err := os.ReadFile(meter.Log)
 	require.NoError(t, err)
 	for _, line := range strings.Split(string(log), "\n") {
 		assert.NotContains(t, strings.ToLower(line), "forbidden", "berth-meter was refused a request")
 	}
+}
+
+// postAuditEvent posts one event for workspace ws of ns, as a gateway
+// ServiceAccount allowed to, and expects it taken.
+func postAuditEvent(t *testing.T, env *framework.ClusterEnv, ns, base string) {
+	t.Helper()
+	env.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns}})
+	env.Create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}},
+	}})
+	env.Create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "gateway"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "gateway", Namespace: ns}}})
+	cs, err := kubernetes.NewForConfig(env.Config)
+	require.NoError(t, err)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), "gateway", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	body := fmt.Sprintf(`{"namespace": %q, "workspace": "ws", "user": "ana", "action": "ai.completion", "instruction": "hello"}`, ns)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+audit.IngestPath, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusCreated, resp.StatusCode, "%s", out)
 }

@@ -1,0 +1,162 @@
+package metering
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/audit"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+)
+
+// serviceAccountToken creates a ServiceAccount in ns, allowed to create
+// auditevents there when allowed is set, and returns a token of it.
+func serviceAccountToken(t *testing.T, env *framework.ClusterEnv, ns, name string, allowed bool) string {
+	t.Helper()
+	env.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+	if allowed {
+		env.Create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}},
+		}})
+		env.Create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}}})
+	}
+	cs, err := kubernetes.NewForConfig(env.Config)
+	require.NoError(t, err)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	return tr.Status.Token
+}
+
+// An IDE gateway posts audit events to berth-meter: good ones are chained,
+// bad ones get a 4xx naming the field and the fix and leave nothing, and no
+// text of an instruction, response or patch reaches the database or the log.
+func TestAuditIngest(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	keys := keyDir(t, "k1")
+	api, health := framework.FreePort(t), framework.FreePort(t)
+	meter := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
+		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys,
+		"--api-bind-address", fmt.Sprintf("127.0.0.1:%d", api),
+		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
+	})
+	meter.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health), time.Minute)
+
+	ns := env.Namespace(t, "acme")
+	env.Create(t, testutil.Pod("ws-ana").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Workspace("ws-ana").SchedulerName("none").Obj())
+	gateway := serviceAccountToken(t, env, ns, "gateway", true)
+	nobody := serviceAccountToken(t, env, ns, "nobody", false)
+	orphan := env.Namespace(t, "")
+	orphanGateway := serviceAccountToken(t, env, orphan, "gateway", true)
+
+	// The self-signed certificate berth-meter makes without --tls-cert-file.
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	url := fmt.Sprintf("https://127.0.0.1:%d%s", api, audit.IngestPath)
+	post := func(token string, body any) (int, string) {
+		var raw []byte
+		switch b := body.(type) {
+		case []byte:
+			raw = b
+		default:
+			var err error
+			raw, err = json.Marshal(b)
+			require.NoError(t, err)
+		}
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url, bytes.NewReader(raw))
+		require.NoError(t, err)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(out)
+	}
+	secrets := []string{"SECRET-PROMPT-5ab1", "SECRET-ANSWER-77e0", "SECRET-DIFF-90ff"}
+	event := func() map[string]any {
+		return map[string]any{"namespace": ns, "workspace": "ws-ana", "user": "ana", "action": "ai.completion",
+			"model": "qwen2.5-coder", "tokensIn": 120, "tokensOut": 48,
+			"instruction": secrets[0], "response": secrets[1], "patch": secrets[2]}
+	}
+	with := func(k string, v any) map[string]any {
+		e := event()
+		if v == nil {
+			delete(e, k)
+		} else {
+			e[k] = v
+		}
+		return e
+	}
+
+	for i := range 3 {
+		code, body := post(gateway, event())
+		require.Equal(t, http.StatusCreated, code, body)
+		assert.JSONEq(t, fmt.Sprintf(`{"org": "acme", "seq": %d}`, i+1), body)
+	}
+
+	for name, tc := range map[string]struct {
+		token string
+		body  any
+		code  int
+		want  string
+	}{
+		"no token":          {"", event(), 401, "no bearer token"},
+		"a bad token":       {"not-a-token", event(), 401, "the token is not valid"},
+		"no rights":         {nobody, event(), 403, `system:serviceaccount:` + ns + `:nobody may not create auditevents.berth.dev in namespace \"` + ns + `\"`},
+		"no user":           {gateway, with("user", nil), 400, `field \"user\" is empty`},
+		"no action":         {gateway, with("action", ""), 400, `field \"action\" is empty`},
+		"unknown workspace": {gateway, with("workspace", "ws-ghost"), 404, `workspace \"ws-ghost\" is not in namespace`},
+		"bad workspace":     {gateway, with("workspace", "a b"), 400, `field \"workspace\" \"a b\" is not a workspace id`},
+		"negative tokens":   {gateway, with("tokensOut", -1), 400, "token counts are 0 or more"},
+		"unknown field":     {gateway, with("prompt", "x"), 400, `unknown field \"prompt\"`},
+		"not JSON":          {gateway, []byte("instruction=" + secrets[0]), 400, "the body is not an audit event"},
+		"too large":         {gateway, with("patch", strings.Repeat("x", audit.MaxEventBytes)), 413, "larger than"},
+		"no org":            {orphanGateway, with("namespace", orphan), 422, "belongs to no org"},
+	} {
+		code, body := post(tc.token, tc.body)
+		assert.Equal(t, tc.code, code, "%s: %s", name, body)
+		assert.Contains(t, body, tc.want, name)
+		for _, s := range secrets {
+			assert.NotContains(t, body, s, "%s: the answer repeats no text", name)
+		}
+	}
+
+	var rows int
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT count(*) FROM audit_logs").Scan(&rows))
+	assert.Equal(t, 3, rows, "the refused events left nothing")
+	ring, err := audit.LoadKeyring(keys, "")
+	require.NoError(t, err)
+	rep, err := (&audit.Log{DB: pool, Keys: ring}).Verify(t.Context(), "acme")
+	require.NoError(t, err)
+	assert.Nil(t, rep.Broken)
+	assert.EqualValues(t, 3, rep.Rows)
+
+	dump := pgDump(t, dsn)
+	log, err := os.ReadFile(meter.Log)
+	require.NoError(t, err)
+	for _, s := range secrets {
+		assert.NotContains(t, dump, s, "the database holds no text")
+		assert.NotContains(t, string(log), s, "the log holds no text")
+	}
+}
