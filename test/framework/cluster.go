@@ -12,6 +12,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -190,6 +191,44 @@ func (e *ClusterEnv) NodesByPool(ctx context.Context) (map[string][]corev1.Node,
 // ServiceAccount's rights and no others.
 func (e *ClusterEnv) ServiceAccountKubeconfig(t testing.TB, namespace, name string) string {
 	t.Helper()
+	token := e.token(t, namespace, name)
+	ca := e.Config.CAData
+	if len(ca) == 0 && e.Config.CAFile != "" {
+		var err error
+		if ca, err = os.ReadFile(e.Config.CAFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: e.Config.Host, CertificateAuthorityData: ca, InsecureSkipTLSVerify: e.Config.Insecure}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "local", AuthInfo: name}
+	cfg.CurrentContext = name
+	path := filepath.Join(Dir(t, "kubeconfig-"+name), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// ServiceAccountToken creates the ServiceAccount namespace/name, with a Role
+// of rules bound to it when rules are given, and returns a one-hour token of
+// it. All are deleted when the test ends.
+func (e *ClusterEnv) ServiceAccountToken(t testing.TB, namespace, name string, rules ...rbacv1.PolicyRule) string {
+	t.Helper()
+	e.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}})
+	if len(rules) > 0 {
+		e.Create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Rules: rules})
+		e.Create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: namespace}}})
+	}
+	return e.token(t, namespace, name)
+}
+
+// token is a one-hour token of the ServiceAccount namespace/name.
+func (e *ClusterEnv) token(t testing.TB, namespace, name string) string {
+	t.Helper()
 	cs, err := kubernetes.NewForConfig(e.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -200,20 +239,5 @@ func (e *ClusterEnv) ServiceAccountKubeconfig(t testing.TB, namespace, name stri
 	if err != nil {
 		t.Fatalf("token of ServiceAccount %s/%s: %v", namespace, name, err)
 	}
-	ca := e.Config.CAData
-	if len(ca) == 0 && e.Config.CAFile != "" {
-		if ca, err = os.ReadFile(e.Config.CAFile); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: e.Config.Host, CertificateAuthorityData: ca, InsecureSkipTLSVerify: e.Config.Insecure}
-	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: "local", AuthInfo: name}
-	cfg.CurrentContext = name
-	path := filepath.Join(Dir(t, "kubeconfig-"+name), "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return tr.Status.Token
 }

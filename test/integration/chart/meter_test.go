@@ -17,12 +17,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -152,21 +150,12 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 // ServiceAccount allowed to, and expects it taken.
 func postAuditEvent(t *testing.T, env *framework.ClusterEnv, ns, base string) {
 	t.Helper()
-	env.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns}})
-	env.Create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}},
-	}})
-	env.Create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "gateway", Namespace: ns},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "gateway"},
-		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "gateway", Namespace: ns}}})
-	cs, err := kubernetes.NewForConfig(env.Config)
-	require.NoError(t, err)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), "gateway", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	require.NoError(t, err)
+	token := env.ServiceAccountToken(t, ns, "gateway",
+		rbacv1.PolicyRule{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}})
 	body := fmt.Sprintf(`{"namespace": %q, "workspace": "ws", "user": "ana", "action": "ai.completion", "instruction": "hello"}`, ns)
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+audit.IngestPath, strings.NewReader(body))
 	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	resp, err := hc.Do(req)
 	require.NoError(t, err)

@@ -14,11 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/audit"
@@ -26,25 +22,8 @@ import (
 	"berth.dev/berth/test/framework"
 )
 
-// serviceAccountToken creates a ServiceAccount in ns, allowed to create
-// auditevents there when allowed is set, and returns a token of it.
-func serviceAccountToken(t *testing.T, env *framework.ClusterEnv, ns, name string, allowed bool) string {
-	t.Helper()
-	env.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
-	if allowed {
-		env.Create(t, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}},
-		}})
-		env.Create(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}}})
-	}
-	cs, err := kubernetes.NewForConfig(env.Config)
-	require.NoError(t, err)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	require.NoError(t, err)
-	return tr.Status.Token
-}
+// mayAudit is the RBAC rule a gateway needs to post audit events.
+var mayAudit = rbacv1.PolicyRule{APIGroups: []string{"berth.dev"}, Resources: []string{"auditevents"}, Verbs: []string{"create"}}
 
 // An IDE gateway posts audit events to berth-meter: good ones are chained,
 // bad ones get a 4xx naming the field and the fix and leave nothing, and no
@@ -63,10 +42,10 @@ func TestAuditIngest(t *testing.T) {
 
 	ns := env.Namespace(t, "acme")
 	env.Create(t, testutil.Pod("ws-ana").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Workspace("ws-ana").SchedulerName("none").Obj())
-	gateway := serviceAccountToken(t, env, ns, "gateway", true)
-	nobody := serviceAccountToken(t, env, ns, "nobody", false)
+	gateway := env.ServiceAccountToken(t, ns, "gateway", mayAudit)
+	nobody := env.ServiceAccountToken(t, ns, "nobody")
 	orphan := env.Namespace(t, "")
-	orphanGateway := serviceAccountToken(t, env, orphan, "gateway", true)
+	orphanGateway := env.ServiceAccountToken(t, orphan, "gateway", mayAudit)
 
 	// The self-signed certificate berth-meter makes without --tls-cert-file.
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
