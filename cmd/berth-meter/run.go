@@ -41,7 +41,7 @@ func runMeter(ctx context.Context, args []string) error {
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader, for several replicas: only the leader meters")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	healthAddr := fs.String("health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
-	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+audit.IngestPath+"); 0 turns it off")
+	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", and "+audit.IngestPath+" with --audit-keys); 0 turns it off")
 	certFile := fs.String("tls-cert-file", "", "the API's serving certificate (PEM); empty generates a self-signed one")
 	keyFile := fs.String("tls-key-file", "", "the key of --tls-cert-file")
 	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit ingest off")
@@ -115,19 +115,22 @@ func runMeter(ctx context.Context, args []string) error {
 	if err := m.Register(mgr); err != nil {
 		return err
 	}
-	if *apiAddr != "0" && *auditKeys != "" {
-		ring, err := audit.LoadKeyring(*auditKeys, *auditKeyID)
-		if err != nil {
-			return fmt.Errorf("--audit-keys: %w", err)
-		}
+	if *apiAddr != "0" {
 		kube, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			return err
 		}
 		mux := http.NewServeMux()
-		mux.Handle(audit.IngestPath, &audit.Ingest{
-			Log: &audit.Log{DB: db, Keys: ring}, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now,
-		})
+		mux.Handle(metering.UsagePath, &metering.UsageAPI{DB: db, Kube: kube, Now: time.Now})
+		if *auditKeys != "" {
+			ring, err := audit.LoadKeyring(*auditKeys, *auditKeyID)
+			if err != nil {
+				return fmt.Errorf("--audit-keys: %w", err)
+			}
+			mux.Handle(audit.IngestPath, &audit.Ingest{
+				Log: &audit.Log{DB: db, Keys: ring}, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now,
+			})
+		}
 		tlsCfg, err := serving(*certFile, *keyFile)
 		if err != nil {
 			return err

@@ -10,11 +10,11 @@ import (
 	"strings"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
+
+	"berth.dev/berth/pkg/httpauth"
 )
 
 // IngestPath is where IDE and LLM gateways post audit events.
@@ -76,9 +76,10 @@ func (in *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusMethodNotAllowed, "POST an event as JSON to "+IngestPath)
 		return
 	}
-	caller, status, err := in.authenticate(r)
+	auth := httpauth.Reviewer{Kube: in.Kube}
+	caller, err := auth.Authenticate(r)
 	if err != nil {
-		httpError(w, status, err.Error())
+		httpauth.Fail(w, err, http.StatusUnauthorized)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEventBytes))
@@ -102,8 +103,10 @@ func (in *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if status, err := in.authorize(r.Context(), caller, ev.Namespace); err != nil {
-		httpError(w, status, err.Error())
+	if err := auth.Authorize(r.Context(), caller, authorizationv1.ResourceAttributes{
+		Namespace: ev.Namespace, Verb: "create", Group: rbacGroup, Resource: rbacResource,
+	}); err != nil {
+		httpauth.Fail(w, err, http.StatusForbidden)
 		return
 	}
 	org, err := in.Dir.OrgOf(r.Context(), ev.Namespace)
@@ -164,50 +167,6 @@ func (ev *IngestEvent) check() error {
 	return nil
 }
 
-// authenticate reviews the bearer token; it returns the caller.
-func (in *Ingest) authenticate(r *http.Request) (authenticationv1.UserInfo, int, error) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
-		return authenticationv1.UserInfo{}, http.StatusUnauthorized, errors.New("no bearer token; send Authorization: Bearer <a Kubernetes token of the gateway's ServiceAccount>")
-	}
-	tr, err := in.Kube.AuthenticationV1().TokenReviews().Create(r.Context(), &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return authenticationv1.UserInfo{}, http.StatusServiceUnavailable, fmt.Errorf("review the token: %w", err)
-	}
-	if !tr.Status.Authenticated {
-		return authenticationv1.UserInfo{}, http.StatusUnauthorized, errors.New("the token is not valid: " + tr.Status.Error)
-	}
-	return tr.Status.User, 0, nil
-}
-
-// authorize asks whether the caller may create auditevents in namespace.
-func (in *Ingest) authorize(ctx context.Context, u authenticationv1.UserInfo, namespace string) (int, error) {
-	extra := map[string]authorizationv1.ExtraValue{}
-	for k, v := range u.Extra {
-		extra[k] = authorizationv1.ExtraValue(v)
-	}
-	sar, err := in.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-		Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra,
-			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Namespace: namespace, Verb: "create", Group: rbacGroup, Resource: rbacResource,
-			},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return http.StatusServiceUnavailable, fmt.Errorf("review the caller's rights: %w", err)
-	}
-	if !sar.Status.Allowed {
-		return http.StatusForbidden, fmt.Errorf("%s may not create %s.%s in namespace %q; grant it with a Role rule {apiGroups: [%s], resources: [%s], verbs: [create]}",
-			u.Username, rbacResource, rbacGroup, namespace, rbacGroup, rbacResource)
-	}
-	return 0, nil
-}
-
 func httpError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	httpauth.Fail(w, errors.New(msg), status)
 }

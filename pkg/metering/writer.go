@@ -45,6 +45,41 @@ WHERE NOT usage_intervals.final AND (EXCLUDED.final OR usage_intervals.running_s
 		list, list, strings.Join(set, ", "))
 }()
 
+// sums are usage_hourly's summed columns.
+var sums = []string{
+	"running_seconds", "cpu_core_seconds", "memory_gib_seconds", "gpu_seconds",
+	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars",
+}
+
+// rollup recomputes usage_hourly for the Pods and hours the staged rows
+// touched, from usage_intervals: sums of absolute values, so a rollup done
+// twice holds the same. rollupEnd does the same for one Pod's hour that
+// holds its end ($1, $2).
+var (
+	rollup    = rollupOf(`SELECT DISTINCT uid, date_trunc('hour', interval_start, 'UTC') AS hour FROM usage_stage`)
+	rollupEnd = rollupOf(`SELECT $1::uuid AS uid, date_trunc('hour', $2::timestamptz, 'UTC') AS hour`)
+)
+
+func rollupOf(touched string) string {
+	sel := make([]string, len(sums))
+	set := make([]string, 0, len(sums)+7)
+	for i, c := range sums {
+		sel[i] = fmt.Sprintf("sum(u.%s)", c)
+		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
+	}
+	for _, c := range []string{"org", "class", "user_name", "workspace", "project", "pool", "spot"} {
+		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
+	}
+	return fmt.Sprintf(`WITH touched AS (%s)
+INSERT INTO usage_hourly (uid, hour, org, class, user_name, workspace, project, pool, spot, %s)
+SELECT t.uid, t.hour, max(u.org), max(u.class), max(u.user_name), max(u.workspace), max(u.project), max(u.pool), bool_or(u.spot), %s
+FROM touched t JOIN usage_intervals u
+	ON u.uid = t.uid AND u.interval_start >= t.hour AND u.interval_start < t.hour + interval '1 hour'
+GROUP BY t.uid, t.hour
+ORDER BY t.uid, t.hour
+ON CONFLICT (uid, hour) DO UPDATE SET %s`, touched, strings.Join(sums, ", "), strings.Join(sel, ", "), strings.Join(set, ", "))
+}
+
 // Write stores rows exactly once: it copies them into a temporary table and
 // moves them into usage_intervals with one INSERT ... ON CONFLICT, in one
 // transaction (see upsert for which rows win). Rows with the same key keep
@@ -78,6 +113,12 @@ func End(ctx context.Context, db DB, uid string, end time.Time, rows []Row) erro
 		if _, err := tx.Exec(ctx, `DELETE FROM usage_intervals WHERE uid = $1 AND interval_start >= $2 AND NOT final`, uid, end); err != nil {
 			return fmt.Errorf("remove usage past the end of Pod %s: %w", uid, err)
 		}
+		if _, err := tx.Exec(ctx, `DELETE FROM usage_hourly WHERE uid = $1 AND hour >= date_trunc('hour', $2::timestamptz, 'UTC')`, uid, end); err != nil {
+			return fmt.Errorf("remove hourly usage past the end of Pod %s: %w", uid, err)
+		}
+		if _, err := tx.Exec(ctx, rollupEnd, uid, end); err != nil {
+			return fmt.Errorf("sum the last hour of Pod %s: %w", uid, err)
+		}
 		if len(rows) == 0 {
 			return nil
 		}
@@ -100,6 +141,7 @@ func write(ctx context.Context, tx pgx.Tx, rows []Row) error {
 		`INSERT INTO users (org, name) SELECT DISTINCT org, user_name FROM usage_stage
 			WHERE user_name <> '' ORDER BY org, user_name ON CONFLICT DO NOTHING`,
 		upsert,
+		rollup,
 	} {
 		if _, err := tx.Exec(ctx, q); err != nil {
 			return fmt.Errorf("write usage: %w", err)

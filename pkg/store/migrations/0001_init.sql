@@ -68,6 +68,32 @@ CREATE TABLE usage_intervals (
 );
 CREATE INDEX usage_intervals_org_start ON usage_intervals (org, interval_start);
 
+-- usage_hourly sums usage_intervals per Pod and hour (UTC). Each write of
+-- intervals recomputes the hours it touched from usage_intervals, so it
+-- holds absolute sums too. Usage queries read it.
+CREATE TABLE usage_hourly (
+    uid                uuid             NOT NULL,
+    hour               timestamptz      NOT NULL,
+    org                text             NOT NULL,
+    class              text             NOT NULL,
+    user_name          text             NOT NULL,
+    workspace          text             NOT NULL,
+    project            text             NOT NULL,
+    pool               text             NOT NULL,
+    spot               boolean          NOT NULL,
+    running_seconds    double precision NOT NULL,
+    cpu_core_seconds   double precision NOT NULL,
+    memory_gib_seconds double precision NOT NULL,
+    gpu_seconds        double precision NOT NULL,
+    scratch_gib_hours  double precision NOT NULL,
+    volume_gib_hours   double precision NOT NULL,
+    prompt_tokens      bigint           NOT NULL,
+    generation_tokens  bigint           NOT NULL,
+    cost_dollars       double precision NOT NULL,
+    PRIMARY KEY (uid, hour)
+);
+CREATE INDEX usage_hourly_org_hour ON usage_hourly (org, hour);
+
 -- metered_ends records when each metered Pod ended. Once it is there, only
 -- final rows are taken for the Pod.
 CREATE TABLE metered_ends (

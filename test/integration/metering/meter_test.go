@@ -114,20 +114,30 @@ func settle(t *testing.T, env *framework.ClusterEnv, pods []*corev1.Pod) map[str
 	return ran
 }
 
-// stored returns the seconds the database holds per Pod UID.
+// stored returns the seconds the database holds per Pod UID, and checks
+// that the hourly sums hold the same.
 func stored(t *testing.T, pool *pgxpool.Pool) map[string]float64 {
 	t.Helper()
-	rows, err := pool.Query(t.Context(), "SELECT uid::text, sum(running_seconds) FROM usage_intervals GROUP BY uid")
-	require.NoError(t, err)
-	defer rows.Close()
-	out := map[string]float64{}
-	for rows.Next() {
-		var uid string
-		var s float64
-		require.NoError(t, rows.Scan(&uid, &s))
-		out[uid] = s
+	read := func(table string) map[string]float64 {
+		rows, err := pool.Query(t.Context(), "SELECT uid::text, sum(running_seconds) FROM "+table+" GROUP BY uid")
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]float64{}
+		for rows.Next() {
+			var uid string
+			var s float64
+			require.NoError(t, rows.Scan(&uid, &s))
+			out[uid] = s
+		}
+		require.NoError(t, rows.Err())
+		return out
 	}
-	require.NoError(t, rows.Err())
+	out := read("usage_intervals")
+	hourly := read("usage_hourly")
+	require.Len(t, hourly, len(out))
+	for uid, s := range out {
+		assert.InDelta(t, s, hourly[uid], 1e-6, "Pod %s: the hourly sum agrees with the intervals", uid)
+	}
 	return out
 }
 

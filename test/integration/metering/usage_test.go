@@ -42,11 +42,19 @@ func scriptedPods(t0 time.Time) ([]metering.Pod, truth) {
 	return pods, tr
 }
 
+// totals sums usage_intervals. It also checks that the hourly sums the
+// usage API reads agree with them.
 func totals(t *testing.T, pool *pgxpool.Pool) truth {
 	t.Helper()
 	var tr truth
 	require.NoError(t, pool.QueryRow(t.Context(), `SELECT coalesce(sum(running_seconds), 0), coalesce(sum(cpu_core_seconds), 0),
 		coalesce(sum(gpu_seconds), 0), coalesce(sum(cost_dollars), 0) FROM usage_intervals`).Scan(&tr.seconds, &tr.cpu, &tr.gpu, &tr.cost))
+	var hr truth
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT coalesce(sum(running_seconds), 0), coalesce(sum(cpu_core_seconds), 0),
+		coalesce(sum(gpu_seconds), 0), coalesce(sum(cost_dollars), 0) FROM usage_hourly`).Scan(&hr.seconds, &hr.cpu, &hr.gpu, &hr.cost))
+	assert.InDelta(t, tr.seconds, hr.seconds, 1e-6, "the hourly sums agree with the intervals")
+	assert.InDelta(t, tr.cpu, hr.cpu, 1e-6, "the hourly sums agree with the intervals")
+	assert.InDelta(t, tr.cost, hr.cost, 1e-9, "the hourly sums agree with the intervals")
 	return tr
 }
 
