@@ -39,11 +39,14 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "berth-meter: %v\n", err)
 	}
+	if code == 2 {
+		fmt.Fprint(os.Stderr, usage)
+	}
 	os.Exit(code)
 }
 
 // errUsage is a command line berth-meter does not understand.
-var errUsage = errors.New(usage)
+var errUsage = errors.New("a command line berth-meter does not understand")
 
 // run runs one subcommand. It returns 1 when the command fails, 2 for a bad
 // command line, and 3 when an audit chain does not verify.
@@ -101,7 +104,7 @@ func verify(ctx context.Context, args []string, out io.Writer) (int, error) {
 		return 2, errUsage
 	}
 	if *org == "" || *keys == "" {
-		return 2, fmt.Errorf("audit verify needs --org and --audit-keys\n%s", usage)
+		return 2, errors.New("audit verify needs --org and --audit-keys")
 	}
 	ring, err := audit.LoadKeyring(*keys, "")
 	if err != nil {
