@@ -76,6 +76,15 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 	for _, o := range objs {
 		require.NoError(t, env.Client.Create(ctx, o), "create %s %s", o.GetKind(), o.GetName())
 	}
+	// Removed when the test ends, so that the package's other tests do not
+	// meet webhook configurations that call a stopped berth-manager.
+	t.Cleanup(func() {
+		for _, o := range objs {
+			if err := env.Client.Delete(context.Background(), o); client.IgnoreNotFound(err) != nil {
+				t.Logf("delete %s %s: %v", o.GetKind(), o.GetName(), err)
+			}
+		}
+	})
 
 	// berth-manager with the chart's ServiceAccount. Run here, it points
 	// the chart's webhook configurations at itself by URL, an update the
