@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -103,9 +104,11 @@ func runMeter(ctx context.Context, args []string) error {
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "berth-meter",
 		LeaderElectionNamespace: *namespace,
-		// Only labelled Pods are cached: the meter never reads the others.
+		// Only labelled Pods and Jobs are cached: the meter never reads
+		// the others.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Label: labels.NewSelector().Add(*labelled)},
+			&corev1.Pod{}:  {Label: labels.NewSelector().Add(*labelled)},
+			&batchv1.Job{}: {Label: labels.NewSelector().Add(*labelled)},
 		}},
 	})
 	if err != nil {
@@ -113,6 +116,12 @@ func runMeter(ctx context.Context, args []string) error {
 	}
 	m := &metering.Meter{Client: mgr.GetClient(), DB: db, Prices: prices, Keys: keys, PoolLabel: *poolLabel, Interval: *interval}
 	if err := m.Register(mgr); err != nil {
+		return err
+	}
+	if err := (&metering.QuotaMirror{Client: mgr.GetClient(), DB: db}).Register(mgr); err != nil {
+		return err
+	}
+	if err := (&metering.BuildMirror{Client: mgr.GetClient(), DB: db}).Register(mgr); err != nil {
 		return err
 	}
 	if *apiAddr != "0" {

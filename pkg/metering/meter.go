@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/controllers"
@@ -34,10 +35,11 @@ const Finalizer = "berth.dev/metering"
 // prices name it.
 const DefaultPoolLabel = "berth.dev/pool"
 
-// Store is what the meter needs of the database.
+// Store is what the meter and the mirrors need of the database.
 type Store interface {
 	DB
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // Meter writes the usage of every labelled Pod, one interval at a time. It

@@ -101,7 +101,8 @@ CREATE TABLE metered_ends (
     ended_at timestamptz NOT NULL
 );
 
--- builds holds each build's queue and run times, for build and queue minutes.
+-- builds holds each build Job's queue and run times: queue minutes are
+-- released_at - queued_at, build minutes finished_at - released_at.
 CREATE TABLE builds (
     uid         uuid PRIMARY KEY,
     org         text NOT NULL,
@@ -111,8 +112,8 @@ CREATE TABLE builds (
     user_name   text NOT NULL DEFAULT '',
     queued_at   timestamptz,
     released_at timestamptz,
-    started_at  timestamptz,
-    finished_at timestamptz
+    finished_at timestamptz,
+    succeeded   boolean
 );
 CREATE INDEX builds_org_queued ON builds (org, queued_at);
 

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/utils/ptr"
 
 	"berth.dev/berth/pkg/audit"
 	"berth.dev/berth/test/framework"
@@ -27,8 +28,6 @@ func keyDir(t *testing.T, ids ...string) string {
 	return dir
 }
 
-func ptr(s string) *string { return &s }
-
 // appendRows appends n events to org's chain, at one-second steps.
 func appendRows(t *testing.T, log *audit.Log, org string, n int) {
 	t.Helper()
@@ -37,7 +36,7 @@ func appendRows(t *testing.T, log *audit.Log, org string, n int) {
 		_, err := log.Append(t.Context(), audit.Event{
 			Org: org, At: t0.Add(time.Duration(i) * time.Second), Actor: "ana", Workspace: "ws-ana",
 			Action: "ai.completion", Model: "qwen2.5-coder", TokensIn: int64(100 + i), TokensOut: int64(40 + i),
-			Instruction: ptr(fmt.Sprintf("refactor the parser, take %d", i)), Response: ptr("sure"), Patch: ptr("--- a/x.go"),
+			Instruction: ptr.To(fmt.Sprintf("refactor the parser, take %d", i)), Response: ptr.To("sure"), Patch: ptr.To("--- a/x.go"),
 		})
 		require.NoError(t, err)
 	}

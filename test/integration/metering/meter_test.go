@@ -2,6 +2,7 @@ package metering
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -9,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -217,4 +220,74 @@ func TestMeterOutlastsADatabaseOutage(t *testing.T) {
 	pool.Reset()
 	want := settle(t, env, pods)
 	assertSeconds(t, want, stored(t, pool))
+}
+
+// berth-meter mirrors each Organization's limits into quotas, and each
+// build Job's queue and run times into builds.
+func TestMeterMirrorsQuotasAndBuilds(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	startMeter(t, env, dsn)
+
+	org := testutil.Org("mirror").MaxWorkspaces(10).MaxGPUs(4).Obj()
+	env.Create(t, org)
+	quota := func(ctx context.Context) (ws, gpus, builds *int32, err error) {
+		err = pool.QueryRow(ctx, "SELECT max_workspaces, max_gpus, max_concurrent_builds FROM quotas WHERE org = 'mirror'").Scan(&ws, &gpus, &builds)
+		return
+	}
+	framework.Eventually(t, 30*time.Second, "the org's quotas mirrored", func(ctx context.Context) (bool, error) {
+		ws, gpus, builds, err := quota(ctx)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return ws != nil && *ws == 10 && gpus != nil && *gpus == 4 && builds == nil, err
+	})
+	patch := client.MergeFrom(org.DeepCopy())
+	org.Spec.MaxConcurrentBuilds = ptr.To[int32](2)
+	require.NoError(t, env.Client.Patch(t.Context(), org, patch))
+	framework.Eventually(t, 30*time.Second, "the new limit mirrored", func(ctx context.Context) (bool, error) {
+		_, _, builds, err := quota(ctx)
+		return builds != nil && *builds == 2, err
+	})
+
+	// A build queued a minute ago, then released: the Job controller starts
+	// it and kwok finishes its Pod.
+	ns := env.Namespace(t, "mirror")
+	queued := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+	job := testutil.Job("build").Namespace(ns).Class(berthv1alpha1.ClassBuild).Project("api").User("bo").
+		Annotation(berthv1alpha1.AnnotationQueuedAt, queued.Format(time.RFC3339)).Suspend(true).Obj()
+	env.Create(t, job)
+	patchJob := client.MergeFrom(job.DeepCopy())
+	job.Spec.Suspend = ptr.To(false)
+	require.NoError(t, env.Client.Patch(t.Context(), job, patchJob))
+	framework.Eventually(t, time.Minute, "the build finished", func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(job), job)
+		return job.Status.CompletionTime != nil, err
+	})
+	framework.Eventually(t, 30*time.Second, "the build's times mirrored", func(ctx context.Context) (bool, error) {
+		var q, r, f *time.Time
+		var ok *bool
+		var org, project string
+		err := pool.QueryRow(ctx, "SELECT org, project, queued_at, released_at, finished_at, succeeded FROM builds WHERE uid = $1", string(job.UID)).
+			Scan(&org, &project, &q, &r, &f, &ok)
+		if errors.Is(err, pgx.ErrNoRows) || f == nil {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		assert.Equal(t, "mirror", org)
+		assert.Equal(t, "api", project)
+		assert.True(t, q.Equal(queued), "queued at the annotation's time")
+		assert.True(t, r.Equal(job.Status.StartTime.Time), "released when the Job started")
+		assert.True(t, f.Equal(job.Status.CompletionTime.Time), "finished when it completed")
+		assert.True(t, ok != nil && *ok)
+		return true, nil
+	})
+
+	require.NoError(t, env.Client.Delete(t.Context(), org))
+	framework.Eventually(t, 30*time.Second, "the org's quotas removed with it", func(ctx context.Context) (bool, error) {
+		_, _, _, err := quota(ctx)
+		return errors.Is(err, pgx.ErrNoRows), nil
+	})
 }
