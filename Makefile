@@ -84,9 +84,9 @@ cluster-down: ## Stop the local cluster and every process it started.
 	$(BIN)/localcluster down
 
 .PHONY: demo
-demo: ## Bring the local cluster up with berth running, place the reference load, print placement and cost.
+demo: ## Bring the local cluster up with berth running, place the reference load, print placement and cost, and the usage berth-meter recorded.
 	$(MAKE) --no-print-directory cluster-up CLUSTER_FLAGS="$(or $(CLUSTER_FLAGS),--on-demand=48)"
-	$(GO) build -o $(BIN)/ ./cmd/berth-manager ./cmd/berth-scheduler
+	$(GO) build -o $(BIN)/ ./cmd/berth-manager ./cmd/berth-meter ./cmd/berth-scheduler
 	$(BIN)/localcluster demo
 
 .PHONY: bump-k8s

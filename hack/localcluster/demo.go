@@ -15,8 +15,9 @@ import (
 	"berth.dev/berth/pkg/placement"
 )
 
-// runDemo starts berth-manager and berth-scheduler beside the cluster (they
-// stop with `make cluster-down`) and runs the demo.
+// runDemo starts berth-manager, berth-scheduler, a private PostgreSQL and
+// berth-meter beside the cluster (they stop with `make cluster-down`) and
+// runs the demo.
 func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.Pools, root string) error {
 	cl, err := c.Client()
 	if err != nil {
@@ -65,11 +66,33 @@ func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.P
 			return fmt.Errorf("berth-scheduler: %w\n%s", err, c.ComponentLog("berth-scheduler", 20))
 		}
 	}
+	fmt.Println("starting PostgreSQL and berth-meter (usage and cost) ...")
+	dsn, err := c.StartPostgres(ctx)
+	if err != nil {
+		return err
+	}
+	if !running(c, "berth-meter") {
+		port, err := localcluster.FreePorts(1)
+		if err != nil {
+			return err
+		}
+		err = c.StartComponent(ctx, "berth-meter", filepath.Join(bin, "berth-meter"), "run",
+			"--kubeconfig", c.Kubeconfig(), "--database-url", dsn, "--interval", "5s",
+			"--prices", filepath.Join(root, "manifests", "local-cluster", "pools.yaml"),
+			"--api-bind-address", "0", "--metrics-bind-address", "0",
+			"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port[0]))
+		if err != nil {
+			return err
+		}
+		if err := localcluster.WaitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", port[0]), time.Minute); err != nil {
+			return fmt.Errorf("berth-meter: %w\n%s", err, c.ComponentLog("berth-meter", 20))
+		}
+	}
 	keys, err := placement.Preset(placement.PresetAKS)
 	if err != nil {
 		return err
 	}
-	return demo.Run(ctx, cl, demo.Options{Pools: pools, Keys: keys, Seed: 1, Out: os.Stdout})
+	return demo.Run(ctx, cl, demo.Options{Pools: pools, Keys: keys, Seed: 1, Out: os.Stdout, DatabaseURL: dsn})
 }
 
 // schedulerConfig writes berth-scheduler's shipped configuration, pointed

@@ -20,7 +20,9 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/metering"
 	"berth.dev/berth/pkg/placement"
+	"berth.dev/berth/pkg/store"
 	"berth.dev/berth/pkg/testutil"
 )
 
@@ -37,6 +39,9 @@ type Options struct {
 	Keys  placement.Keys
 	Seed  int64
 	Out   io.Writer
+	// DatabaseURL, when set, is berth-meter's database: the demo ends with
+	// the usage and cost it recorded, per org and class.
+	DatabaseURL string
 }
 
 // Run places the reference load first as a cluster without berth would (plain
@@ -102,7 +107,59 @@ func Run(ctx context.Context, cl client.Client, o Options) error {
 	report(o.Out, "berth", berth)
 	fmt.Fprintf(o.Out, "\nhourly cost: berth $%.2f, stock on demand $%.2f: %.0f%% less\n",
 		berth.cost, stock.cost, 100*(1-berth.cost/stock.cost))
+	if o.DatabaseURL != "" {
+		if err := usage(ctx, cl, o); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(o.Out, "\nthe berth placement stays: kubectl get pods -n %s -o wide; kubectl get orgs\n", Namespace)
+	return nil
+}
+
+// usage waits until berth-meter has charged as many of the demo's Pods as
+// run, then prints what PostgreSQL holds per org and class.
+func usage(ctx context.Context, cl client.Client, o Options) error {
+	pool, err := store.Open(ctx, o.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	fmt.Fprintln(o.Out, "\nwaiting for berth-meter to charge the running Pods ...")
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		if err := cl.List(ctx, &pods, client.InNamespace(Namespace), client.HasLabels{berthv1alpha1.LabelClass}); err != nil {
+			return false, nil
+		}
+		// Builds finish at once on kwok's nodes: only running Pods use
+		// anything.
+		running := 0
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		var charged int
+		if err := pool.QueryRow(ctx, "SELECT count(DISTINCT uid) FROM usage_intervals WHERE namespace = $1", Namespace).Scan(&charged); err != nil {
+			return false, nil
+		}
+		return running > 0 && charged >= running, nil
+	})
+	if err != nil {
+		return fmt.Errorf("berth-meter did not charge the demo's Pods: %w", err)
+	}
+	now := time.Now()
+	fmt.Fprintf(o.Out, "\nusage and cost recorded by berth-meter in PostgreSQL, org %s, so far:\n", Org)
+	totals, err := metering.Totals(ctx, pool, metering.UsageQuery{Org: Org, By: "class", Since: now.Add(-time.Hour), Until: now.Add(time.Hour)})
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "CLASS	POD-SECONDS	CPU CORE-SECONDS	GPU-SECONDS	$ SPOT	$ ON DEMAND	")
+	for _, t := range totals {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.4f\t%.4f\t\n", t.Key, t.RunningSeconds, t.CPUCoreSeconds, t.GPUSeconds, t.SpotCostDollars, t.OnDemandCostDollars)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(o.Out, "(the same through the API: GET /v1/usage?org=demo&by=class; berth-meter charges in 5 s intervals here, 1 min by default)")
 	return nil
 }
 

@@ -147,6 +147,7 @@ func (c *Cluster) Delete(ctx context.Context) error {
 		c.keeper.Wait(10 * time.Second)
 	}
 	_ = os.RemoveAll(c.Dir())
+	_ = os.RemoveAll(c.postgresDir())
 	_ = os.Remove(filepath.Join(c.WorkDir, c.Name+"-kwokctl.yaml"))
 	_ = os.Remove(filepath.Join(c.WorkDir, c.Name+"-unused-kubeconfig"))
 	if err != nil {

@@ -6,10 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -49,32 +46,8 @@ func PostgresServer(t testing.TB) *Postgres {
 	return state.postgres
 }
 
-// postgresBinDir finds initdb and pg_ctl: $BERTH_PG_BINDIR, else the newest
-// /usr/lib/postgresql/*/bin, else pg_config --bindir.
-func postgresBinDir() (string, error) {
-	if d := os.Getenv("BERTH_PG_BINDIR"); d != "" {
-		return d, nil
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool { return pgMajor(dirs[i]) > pgMajor(dirs[j]) })
-	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
-			return d, nil
-		}
-	}
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		return strings.TrimSpace(string(out)), nil
-	}
-	return "", fmt.Errorf("no PostgreSQL server found; install it (apt-get install postgresql) or set BERTH_PG_BINDIR")
-}
-
-func pgMajor(dir string) int {
-	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
-	return n
-}
-
 func startPostgres(ctx context.Context) (*Postgres, error) {
-	bin, err := postgresBinDir()
+	bin, err := localcluster.PostgresBinDir()
 	if err != nil {
 		return nil, err
 	}
@@ -87,16 +60,8 @@ func startPostgres(ctx context.Context) (*Postgres, error) {
 		return nil, err
 	}
 	// initdb refuses to run as root: run the server as the postgres user.
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("running as root needs a postgres user to run PostgreSQL as: %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			return nil, err
-		}
+	if err := localcluster.ChownToPostgres(dir); err != nil {
+		return nil, err
 	}
 	pg := &Postgres{Port: port, dir: dir, bin: bin,
 		DSN: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)}
@@ -144,7 +109,7 @@ func (p *Postgres) Start(ctx context.Context) error {
 
 // serve starts the server on its port and data directory.
 func (p *Postgres) serve(ctx context.Context) error {
-	conf := fmt.Sprintf("-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", p.Port, p.dir)
+	conf := strings.Join(localcluster.PostgresArgs(p.Port, p.dir), " ")
 	return p.start(ctx, "-D", p.data(), "-l", filepath.Join(p.dir, "server.log"), "-o", conf, "-w", "-t", "60", "start")
 }
 
@@ -170,10 +135,7 @@ func (p *Postgres) start(ctx context.Context, args ...string) error {
 }
 
 func (p *Postgres) command(prog string, args []string) (string, []string) {
-	if os.Geteuid() == 0 {
-		return "runuser", append([]string{"-u", "postgres", "--", filepath.Join(p.bin, prog)}, args...)
-	}
-	return filepath.Join(p.bin, prog), args
+	return localcluster.AsPostgres(filepath.Join(p.bin, prog), args...)
 }
 
 func (p *Postgres) wrap(prog string, out []byte, err error) error {
