@@ -21,7 +21,7 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: tools
-tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, helm, golangci-lint) into the cache outside the clone.
+tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, helm, metrics-server, golangci-lint) into the cache outside the clone.
 	bash hack/tools.sh all
 
 .PHONY: generate

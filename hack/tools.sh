@@ -8,6 +8,8 @@
 #   helm (helm.sh/helm/v3), for the chart test
 #   golangci-lint (github.com/golangci/golangci-lint/v2), for make lint, built
 #   with the local Go
+#   metrics-server (sigs.k8s.io/metrics-server), for clusters that serve
+#   metrics.k8s.io
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
 #
 # usage: hack/tools.sh            build what is missing
@@ -85,6 +87,7 @@ case "${1:-all}" in
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
     install_azurite
     go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    go_install "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server
     install_golangci_lint
     ;;
   controller-gen)
@@ -101,6 +104,7 @@ case "${1:-all}" in
     echo "AZURITE_DIR=$AZURITE_DIR"
     echo "HELM_DIR=$HELM_DIR"
     echo "GOLANGCI_LINT_DIR=$GOLANGCI_LINT_DIR"
+    echo "METRICS_SERVER_DIR=$METRICS_SERVER_DIR"
     ;;
   *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|env]" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ CONTROLLER_GEN_VERSION=v0.21.0
 AZURITE_VERSION=3.37.0
 HELM_VERSION=v3.22.0
 GOLANGCI_LINT_VERSION=v2.15.0
+METRICS_SERVER_VERSION=v0.8.0
 
 # The cache lives outside the clone, one folder per tool and version.
 TOOLS_CACHE=${BERTH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/tools}
@@ -16,6 +17,7 @@ KWOK_BIN_DIR=$TOOLS_CACHE/kwok-$KWOK_VERSION
 CONTROLLER_GEN_DIR=$TOOLS_CACHE/controller-gen-$CONTROLLER_GEN_VERSION
 AZURITE_DIR=$TOOLS_CACHE/azurite-$AZURITE_VERSION
 HELM_DIR=$TOOLS_CACHE/helm-$HELM_VERSION
+METRICS_SERVER_DIR=$TOOLS_CACHE/metrics-server-$METRICS_SERVER_VERSION
 # golangci-lint must be built with a Go at least as new as the code it checks,
 # so it is cached per Go version too and rebuilt when Go changes.
 GOLANGCI_LINT_DIR=$TOOLS_CACHE/golangci-lint-$GOLANGCI_LINT_VERSION-$(go env GOVERSION)

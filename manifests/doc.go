@@ -14,6 +14,9 @@ var crds embed.FS
 //go:embed local-cluster/pools.yaml
 var pools []byte
 
+//go:embed local-cluster/metrics-server/*.yaml
+var metricsServer embed.FS
+
 // CRDs returns the CustomResourceDefinitions of berth's API, one YAML document
 // per file.
 func CRDs() fs.FS {
@@ -26,3 +29,13 @@ func CRDs() fs.FS {
 
 // Pools returns local-cluster/pools.yaml, the local cluster's node pools.
 func Pools() []byte { return pools }
+
+// MetricsServer returns local-cluster/metrics-server, the kustomization
+// kwokctl applies to a local cluster that runs metrics-server.
+func MetricsServer() fs.FS {
+	sub, err := fs.Sub(metricsServer, "local-cluster/metrics-server")
+	if err != nil {
+		panic(err) // the embedded path is fixed at build time
+	}
+	return sub
+}

@@ -35,7 +35,15 @@ type Config struct {
 	// BlobImage is the berth-blob image injected into builds of a project
 	// (default DefaultBlobImage).
 	BlobImage string
+	// WorkspaceNodeLossSeconds is how long a workspace stays bound to a
+	// not-ready or unreachable node before it is evicted and berth starts
+	// it elsewhere (the not-ready and unreachable tolerationSeconds). Zero
+	// keeps the API server's default of 300 s.
+	WorkspaceNodeLossSeconds int64
 }
+
+// DefaultWorkspaceNodeLossSeconds is WorkspaceNodeLossSeconds' default.
+const DefaultWorkspaceNodeLossSeconds = 30
 
 // Resolver finds what a decision needs: the org of a namespace and the
 // priority class of a class. It reads through a cache, and asks the API

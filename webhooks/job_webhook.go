@@ -3,9 +3,11 @@ package webhooks
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -56,8 +58,39 @@ func (w *JobWebhook) Default(ctx context.Context, job *batchv1.Job) error {
 		job.Spec.Suspend = ptr.To(true)
 		// berth's clock decides the order, never a value the user wrote.
 		setAnnotation(&job.ObjectMeta, berthv1alpha1.AnnotationQueuedAt, w.Clock.Now().UTC().Format(time.RFC3339Nano))
+		ignoreDisruptions(&job.Spec)
 	}
 	return d.allow()
+}
+
+// maxPodFailureRules is the API server's limit on a Job's
+// podFailurePolicy rules.
+const maxPodFailureRules = 20
+
+// ignoreDisruptions makes a build whose Pod is lost with its node (a
+// reclaimed spot node, a drain, a preemption) run again without using up
+// its backoffLimit: a rule that ignores DisruptionTarget failures goes
+// first in the Job's podFailurePolicy. The API server allows the policy
+// only with restartPolicy Never, and it cannot change after the create.
+func ignoreDisruptions(spec *batchv1.JobSpec) {
+	if spec.Template.Spec.RestartPolicy != corev1.RestartPolicyNever {
+		return
+	}
+	rule := batchv1.PodFailurePolicyRule{
+		Action: batchv1.PodFailurePolicyActionIgnore,
+		OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{{
+			Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue,
+		}},
+	}
+	if spec.PodFailurePolicy == nil {
+		spec.PodFailurePolicy = &batchv1.PodFailurePolicy{}
+	}
+	rules := spec.PodFailurePolicy.Rules
+	if slices.ContainsFunc(rules, func(r batchv1.PodFailurePolicyRule) bool { return equality.Semantic.DeepEqual(r, rule) }) ||
+		len(rules) >= maxPodFailureRules {
+		return
+	}
+	spec.PodFailurePolicy.Rules = append([]batchv1.PodFailurePolicyRule{rule}, rules...)
 }
 
 // ValidateCreate checks the mutated pod template.

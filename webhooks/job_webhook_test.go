@@ -88,3 +88,27 @@ func TestValidateSystemLabels(t *testing.T) {
 		})
 	}
 }
+
+func TestIgnoreDisruptions(t *testing.T) {
+	never := func() *batchv1.JobSpec {
+		return &testutil.Job("b").Class(berthv1alpha1.ClassBuild).Obj().Spec
+	}
+	spec := never()
+	spec.Template.Spec.RestartPolicy = corev1.RestartPolicyNever
+	user := batchv1.PodFailurePolicyRule{Action: batchv1.PodFailurePolicyActionFailJob,
+		OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{42}}}
+	spec.PodFailurePolicy = &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{user}}
+	ignoreDisruptions(spec)
+	ignoreDisruptions(spec) // idempotent
+	if assert.Len(t, spec.PodFailurePolicy.Rules, 2) {
+		first := spec.PodFailurePolicy.Rules[0]
+		assert.Equal(t, batchv1.PodFailurePolicyActionIgnore, first.Action, "the disruption rule goes first, before the user's")
+		assert.Equal(t, corev1.DisruptionTarget, first.OnPodConditions[0].Type)
+		assert.Equal(t, user, spec.PodFailurePolicy.Rules[1])
+	}
+
+	onFailure := never()
+	onFailure.Template.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+	ignoreDisruptions(onFailure)
+	assert.Nil(t, onFailure.PodFailurePolicy, "the API server allows a podFailurePolicy only with restartPolicy Never")
+}

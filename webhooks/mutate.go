@@ -326,6 +326,34 @@ func place(spec *corev1.PodSpec, t Target) {
 	for _, tol := range tolerations(t) {
 		tolerate(spec, tol)
 	}
+	if t.Class == berthv1alpha1.ClassWorkspace && t.Config.WorkspaceNodeLossSeconds > 0 {
+		shortenNodeLoss(spec, t.Config.WorkspaceNodeLossSeconds)
+	}
+}
+
+// shortenNodeLoss bounds how long a Pod stays on a not-ready or
+// unreachable node: a workspace on a dead spot node is evicted after
+// seconds, not the API server's default 5 minutes, and berth starts it
+// elsewhere. A shorter toleration the Pod already has is kept.
+func shortenNodeLoss(spec *corev1.PodSpec, seconds int64) {
+	for _, key := range []string{corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable} {
+		found := false
+		for i := range spec.Tolerations {
+			tol := &spec.Tolerations[i]
+			if tol.Key != key || tol.Effect != corev1.TaintEffectNoExecute {
+				continue
+			}
+			found = true
+			if tol.TolerationSeconds == nil || *tol.TolerationSeconds > seconds {
+				tol.TolerationSeconds = ptr.To(seconds)
+			}
+		}
+		if !found {
+			spec.Tolerations = append(spec.Tolerations, corev1.Toleration{
+				Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(seconds),
+			})
+		}
+	}
 }
 
 // tolerations are the tolerations berth writes for a class and org, and

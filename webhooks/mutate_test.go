@@ -803,3 +803,49 @@ func TestMutatePodQuotaMarks(t *testing.T) {
 	charged := mutate(t, gpuBuild, target(t, build, testOrg().MaxGPUs(4).Obj()))
 	assert.Equal(t, berthv1alpha1.QuotaCharged, charged.Annotations[berthv1alpha1.AnnotationQuota], "a build's GPUs are charged too")
 }
+
+// A workspace leaves a dead node after WorkspaceNodeLossSeconds, not the
+// API server's 300 s; builds and inference keep the default, and a shorter
+// toleration of the Pod's own stays.
+func TestMutatePodWorkspaceNodeLoss(t *testing.T) {
+	def := func(key string, s int64) corev1.Toleration {
+		return corev1.Toleration{Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To(s)}
+	}
+	seconds := func(pod *corev1.Pod) map[string]int64 {
+		out := map[string]int64{}
+		for _, tol := range pod.Spec.Tolerations {
+			if tol.Effect == corev1.TaintEffectNoExecute && tol.TolerationSeconds != nil {
+				out[tol.Key] = *tol.TolerationSeconds
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		class berthv1alpha1.Class
+		have  []corev1.Toleration
+		want  map[string]int64
+	}{
+		{"the API server's defaults shortened", workspace,
+			[]corev1.Toleration{def(corev1.TaintNodeNotReady, 300), def(corev1.TaintNodeUnreachable, 300)},
+			map[string]int64{corev1.TaintNodeNotReady: 30, corev1.TaintNodeUnreachable: 30}},
+		{"none yet", workspace, nil,
+			map[string]int64{corev1.TaintNodeNotReady: 30, corev1.TaintNodeUnreachable: 30}},
+		{"a shorter one kept", workspace,
+			[]corev1.Toleration{def(corev1.TaintNodeNotReady, 5), def(corev1.TaintNodeUnreachable, 300)},
+			map[string]int64{corev1.TaintNodeNotReady: 5, corev1.TaintNodeUnreachable: 30}},
+		{"a build keeps the defaults", build,
+			[]corev1.Toleration{def(corev1.TaintNodeNotReady, 300), def(corev1.TaintNodeUnreachable, 300)},
+			map[string]int64{corev1.TaintNodeNotReady: 300, corev1.TaintNodeUnreachable: 300}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tgt := target(t, tc.class, testOrg().Obj())
+			tgt.Config.WorkspaceNodeLossSeconds = 30
+			pod := testutil.Pod("w").Class(tc.class).Obj()
+			pod.Spec.Tolerations = tc.have
+			got := mutate(t, pod, tgt)
+			assert.Equal(t, tc.want, seconds(got))
+			assert.Empty(t, webhooks.ValidateTolerations(got.Spec.Tolerations, tgt, nil), "berth admits what it wrote")
+		})
+	}
+}

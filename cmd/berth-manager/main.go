@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 
@@ -22,13 +23,14 @@ func main() {
 	var o manager.Options
 	var hooks, controllers, preset string
 	flag.StringVar(&hooks, "webhooks", strings.Join(webhooks.Kinds, ","), "webhooks to serve, comma-separated: pod, job; empty for none")
-	flag.StringVar(&controllers, "controllers", strings.Join(manager.Controllers, ","), "controllers to run, comma-separated: buildqueue, orgstatus; empty for none")
+	flag.StringVar(&controllers, "controllers", strings.Join(manager.Controllers, ","), "controllers to run, comma-separated: buildqueue, orgstatus, workspaces; empty for none")
 	flag.StringVar(&o.Webhook.Namespace, "namespace", "berth-system", "berth's own namespace: never handled; holds quota ledgers, the certificate Secret and the leader lease")
 	flag.StringVar(&o.Webhook.SchedulerName, "scheduler-name", webhooks.DefaultSchedulerName, "schedulerName written into labelled Pods; empty keeps the Pod's")
 	flag.StringVar(&preset, "placement-preset", placement.PresetAKS, "node label and taint keys: "+strings.Join(placement.PresetNames(), ", "))
 	flag.StringVar(&o.Webhook.PriorityClassPrefix, "priority-class-prefix", "berth-", "a class's PriorityClass is {prefix}{class}, used when it exists")
 	flag.StringVar(&o.Webhook.ManagerUsername, "manager-username", "", "the only user allowed to release queued builds (default: the user berth-manager runs as)")
 	flag.StringVar(&o.Webhook.BlobImage, "blob-image", webhooks.DefaultBlobImage, "berth-blob image injected into builds of a project")
+	flag.Int64Var(&o.Webhook.WorkspaceNodeLossSeconds, "workspace-node-loss-seconds", webhooks.DefaultWorkspaceNodeLossSeconds, "how long a workspace Pod tolerates a not-ready or unreachable node before it is evicted and started elsewhere; 0 keeps the API server's 300")
 	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")
 	flag.StringVar(&o.WebhookService, "webhook-service", "berth-webhook", "the webhook Service's name, for the certificate's DNS name")
@@ -42,11 +44,17 @@ func main() {
 	flag.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
 	flag.StringVar(&o.PprofBindAddress, "pprof-bind-address", "", "host:port serving Go's /debug/pprof profiles; empty turns them off")
 	flag.BoolVar(&o.LeaderElect, "leader-elect", false, "elect a leader to run the controllers, for several replicas")
+	busyCPU := flag.String("workspace-busy-cpu", "200m", "CPU use (from metrics.k8s.io, when served) that keeps a workspace past its idle timeout running; 0 turns the check off")
 	klog.InitFlags(nil)
 	flag.Parse()
 	ctrl.SetLogger(klog.NewKlogr())
 
 	o.Webhooks, o.Controllers = split(hooks), split(controllers)
+	q, err := resource.ParseQuantity(*busyCPU)
+	if err != nil || q.Sign() < 0 {
+		fail(fmt.Errorf("--workspace-busy-cpu %q is not a CPU quantity; use for example 200m, or 0 to turn the check off", *busyCPU))
+	}
+	o.WorkspaceBusyCPU = q
 	keys, err := placement.Preset(preset)
 	if err != nil {
 		fail(fmt.Errorf("--placement-preset: %w", err))

@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"berth.dev/berth/manifests"
 	"berth.dev/berth/pkg/supervisor"
 )
 
@@ -33,6 +34,10 @@ type Options struct {
 	DisableScheduler bool
 	// ExtraArgs are passed as kwokctl --extra-args, each component=key=value.
 	ExtraArgs []string
+	// MetricsServer runs metrics-server (Tools.MetricsServer), so that
+	// metrics.k8s.io serves the use the kwok controller reports: a Pod's
+	// kwok.x-k8s.io/usage-cpu and usage-memory annotations, else 1m and 1Mi.
+	MetricsServer bool
 }
 
 // Cluster is a running local cluster.
@@ -75,12 +80,21 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 	if _, err := os.Stat(c.Dir()); err == nil {
 		return nil, fmt.Errorf("local cluster %q already exists in %s; run `make cluster-down` (or delete it) first", opts.Name, c.Dir())
 	}
-	ports, err := FreePorts(6)
+	ports, err := FreePorts(7)
 	if err != nil {
 		return nil, err
 	}
+	var manifestsDir string
+	if opts.MetricsServer {
+		// kwokctl would fetch metrics-server's manifest from GitHub; give it
+		// berth's, as a local kustomization.
+		manifestsDir = filepath.Join(opts.WorkDir, opts.Name+"-metrics-server")
+		if err := os.CopyFS(manifestsDir, manifests.MetricsServer()); err != nil {
+			return nil, fmt.Errorf("write metrics-server manifests: %w", err)
+		}
+	}
 	config := filepath.Join(opts.WorkDir, opts.Name+"-kwokctl.yaml")
-	if err := os.WriteFile(config, kwokctlConfig(ports), 0o644); err != nil {
+	if err := os.WriteFile(config, kwokctlConfig(ports, manifestsDir), 0o644); err != nil {
 		return nil, fmt.Errorf("write kwokctl config: %w", err)
 	}
 	args := []string{
@@ -101,6 +115,12 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.DisableScheduler {
 		args = append(args, "--disable", "kube-scheduler")
+	}
+	if opts.MetricsServer {
+		if opts.Tools.MetricsServer == "" {
+			return nil, errors.New("no metrics-server binary in the tool cache; run make tools")
+		}
+		args = append(args, "--enable", "metrics-server", "--metrics-server-binary", opts.Tools.MetricsServer)
 	}
 	for _, a := range opts.ExtraArgs {
 		args = append(args, "--extra-args", a)
@@ -149,6 +169,7 @@ func (c *Cluster) Delete(ctx context.Context) error {
 	_ = os.RemoveAll(c.Dir())
 	_ = os.RemoveAll(c.postgresDir())
 	_ = os.Remove(filepath.Join(c.WorkDir, c.Name+"-kwokctl.yaml"))
+	_ = os.RemoveAll(filepath.Join(c.WorkDir, c.Name+"-metrics-server"))
 	_ = os.Remove(filepath.Join(c.WorkDir, c.Name+"-unused-kubeconfig"))
 	if err != nil {
 		return fmt.Errorf("delete local cluster %q: %w", c.Name, err)
@@ -250,7 +271,13 @@ func FreePorts(n int) ([]int, error) {
 
 // kwokctlConfig pins every component's port and binds them to 127.0.0.1.
 // kwokctl's own port picker is not safe for clusters created in parallel.
-func kwokctlConfig(p []int) []byte {
+// metricsServerManifests, when set, is the kustomization applied for
+// metrics-server.
+func kwokctlConfig(p []int, metricsServerManifests string) []byte {
+	extra := ""
+	if metricsServerManifests != "" {
+		extra = fmt.Sprintf("  metricsServerManifests: [%q]\n", metricsServerManifests)
+	}
 	return fmt.Appendf(nil, `apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
@@ -261,6 +288,7 @@ options:
   kubeControllerManagerPort: %d
   kubeSchedulerPort: %d
   kwokControllerPort: %d
+  metricsServerPort: %d
   disableQPSLimits: true
-`, p[0], p[1], p[2], p[3], p[4], p[5])
+%s`, p[0], p[1], p[2], p[3], p[4], p[5], p[6], extra)
 }

@@ -108,6 +108,10 @@ func (p *Pool) NodeName(i int) string { return fmt.Sprintf("%s-%04d", p.Name, i)
 
 // Node returns the i-th fake node of the pool: Ready, with the pool's labels,
 // taints and capacity, in one of three zones.
+// annotationResourceMetricsPath is metrics-server's per-node override of
+// the kubelet's /metrics/resource path.
+const annotationResourceMetricsPath = "metrics.k8s.io/resource-metrics-path"
+
 func (p *Pool) Node(i int) *corev1.Node {
 	name := p.NodeName(i)
 	labels := map[string]string{
@@ -125,9 +129,15 @@ func (p *Pool) Node(i int) *corev1.Node {
 	}
 	return &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        name,
-			Labels:      labels,
-			Annotations: map[string]string{AnnotationKwokNode: "fake"},
+			Name:   name,
+			Labels: labels,
+			Annotations: map[string]string{
+				AnnotationKwokNode: "fake",
+				// Where metrics-server, when the cluster runs it, reads the
+				// node's resource metrics: the kwok controller serves them
+				// per node.
+				annotationResourceMetricsPath: "/metrics/nodes/" + name + "/metrics/resource",
+			},
 		},
 		Spec: corev1.NodeSpec{
 			Taints: append([]corev1.Taint(nil), p.Taints...),

@@ -25,6 +25,8 @@ type Tools struct {
 	AzuriteBlob string
 	// Helm renders the chart, for the chart test.
 	Helm string
+	// MetricsServer serves metrics.k8s.io, for clusters that ask for it.
+	MetricsServer string
 }
 
 // LocateTools reads the tool cache's layout from hack/tools.sh, the one place
@@ -55,6 +57,7 @@ func LocateTools(ctx context.Context, root string) (Tools, error) {
 		Kwokctl:               filepath.Join(dirs["KWOK_BIN_DIR"], "kwokctl"),
 		AzuriteBlob:           filepath.Join(dirs["AZURITE_DIR"], "node_modules", ".bin", "azurite-blob"),
 		Helm:                  filepath.Join(dirs["HELM_DIR"], "helm"),
+		MetricsServer:         filepath.Join(dirs["METRICS_SERVER_DIR"], "metrics-server"),
 	}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -17,11 +18,14 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	metricsv1beta1 "k8s.io/metrics/pkg/apis/metrics/v1beta1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,12 +37,14 @@ import (
 	"berth.dev/berth/pkg/certs"
 	"berth.dev/berth/pkg/controllers/buildqueue"
 	"berth.dev/berth/pkg/controllers/orgstatus"
+	"berth.dev/berth/pkg/controllers/workspaces"
+	"berth.dev/berth/pkg/httpauth"
 	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/webhooks"
 )
 
 // Controllers names the controllers berth-manager can run.
-var Controllers = []string{buildqueue.Name, orgstatus.Name}
+var Controllers = []string{buildqueue.Name, orgstatus.Name, workspaces.Name}
 
 // Options are berth-manager's flags.
 type Options struct {
@@ -67,6 +73,9 @@ type Options struct {
 	// PprofBindAddress serves Go's profiles; empty turns them off.
 	PprofBindAddress string
 	LeaderElect      bool
+	// WorkspaceBusyCPU is the CPU use that keeps a workspace past its idle
+	// timeout running; zero turns the check off.
+	WorkspaceBusyCPU resource.Quantity
 }
 
 // Scheme has the built-in types and berth's.
@@ -126,7 +135,12 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		return err
 	}
 	if len(o.Webhooks) > 0 {
-		if err := addWebhooks(ctx, mgr, direct, ledger, o, host, port); err != nil {
+		kube, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		api := &workspaces.API{Client: mgr.GetClient(), Reviewer: httpauth.Reviewer{Kube: kube}, Clock: clock.RealClock{}}
+		if err := addWebhooks(ctx, mgr, direct, ledger, api, o, host, port); err != nil {
 			return err
 		}
 	}
@@ -151,6 +165,16 @@ func newLedger(cfg *rest.Config, scheme *runtime.Scheme, mgr ctrl.Manager, names
 	return quota.NewLedger(c, namespace, clock.RealClock{}, webhooks.QuotaOptions()), nil
 }
 
+// metricsClient reads metrics.k8s.io straight from the API server: a
+// PodMetrics is asked for only when a workspace reaches its idle deadline.
+func metricsClient(mgr ctrl.Manager) (client.Reader, error) {
+	s := runtime.NewScheme()
+	if err := metricsv1beta1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return client.New(mgr.GetConfig(), client.Options{Scheme: s})
+}
+
 func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
 	for _, name := range o.Controllers {
 		var err error
@@ -159,6 +183,11 @@ func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
 			err = buildqueue.NewController(mgr.GetClient(), mgr.GetAPIReader()).Register(mgr)
 		case orgstatus.Name:
 			err = orgstatus.NewController(mgr.GetClient(), mgr.GetAPIReader(), ledger, clock.RealClock{}).Register(mgr)
+		case workspaces.Name:
+			wo := workspaces.Options{BusyCPU: o.WorkspaceBusyCPU}
+			if wo.Metrics, err = metricsClient(mgr); err == nil {
+				err = workspaces.NewController(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetEventRecorder("berth-workspaces"), clock.RealClock{}, wo).Register(mgr)
+			}
 		default:
 			err = fmt.Errorf("--controllers: %q is unknown; use any of %v", name, Controllers)
 		}
@@ -171,7 +200,9 @@ func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
 
 // addWebhooks starts the webhook server once the rotator has put a
 // certificate in the certificate directory.
-func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, ledger *quota.Ledger, o Options, host string, port int) error {
+// The workspace API is served beside them, on the same port and
+// certificate.
+func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, ledger *quota.Ledger, api http.Handler, o Options, host string, port int) error {
 	srv := webhook.NewServer(webhook.Options{
 		Host:    host,
 		Port:    port,
@@ -181,6 +212,7 @@ func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, le
 	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks, ledger); err != nil {
 		return err
 	}
+	srv.Register(workspaces.APIPattern, api)
 	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"math"
 	"net/http"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -198,9 +197,9 @@ func reportRate(b *testing.B, rt admissionRate, paths []*admissionPath) {
 	addedP99 := func(p *admissionPath) time.Duration {
 		var added []time.Duration
 		for r := range p.rounds {
-			added = append(added, percentile(p.rounds[r], 99)-percentile(stock.rounds[r], 99))
+			added = append(added, framework.Percentile(p.rounds[r], 99)-framework.Percentile(stock.rounds[r], 99))
 		}
-		return percentile(added, 50)
+		return framework.Percentile(added, 50)
 	}
 	floorAdded := addedP99(floor)
 	rate := strconv.Itoa(rt.perSecond)
@@ -211,10 +210,10 @@ func reportRate(b *testing.B, rt admissionRate, paths []*admissionPath) {
 	fmt.Fprintln(tw, "path\tp50 ms\tp99 ms\tadded p99 ms\tratio to noop\ttarget\tp99 per round, ms")
 	for _, p := range paths {
 		all := slices.Concat(p.rounds...)
-		p50, p99 := percentile(all, 50), percentile(all, 99)
+		p50, p99 := framework.Percentile(all, 50), framework.Percentile(all, 99)
 		var perRound []time.Duration
 		for _, lat := range p.rounds {
-			perRound = append(perRound, percentile(lat, 99))
+			perRound = append(perRound, framework.Percentile(lat, 99))
 		}
 		b.ReportMetric(ms(p99), "p99-ms-"+p.name+"-"+rate)
 		added, ratio, target := "-", "-", "-"
@@ -407,15 +406,6 @@ func paced(b *testing.B, c client.Client, prefix string, n, perSecond int, pod f
 	}
 	del.Wait()
 	return lat
-}
-
-func percentile(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[min(len(s)-1, (len(s)*p+99)/100-1)]
 }
 
 func roundMs(ds []time.Duration) []float64 {

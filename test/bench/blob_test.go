@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"syscall"
 	"testing"
 	"time"
@@ -132,7 +131,7 @@ func BenchmarkBlobTransfer(b *testing.B) {
 		}))
 	}
 	report := func(what string, m [2][]float64, target bool) {
-		berth, plain := median(m[0]), median(m[1])
+		berth, plain := framework.Median(m[0]), framework.Median(m[1])
 		b.ReportMetric(berth, what+"-MB/s-berth-blob")
 		b.ReportMetric(plain, what+"-MB/s-plain")
 		b.ReportMetric(berth/plain, what+"-ratio")
@@ -146,8 +145,8 @@ func BenchmarkBlobTransfer(b *testing.B) {
 		for i := range min(len(m[0]), len(m[1])) {
 			paired = append(paired, m[0][i]/m[1][i])
 		}
-		b.ReportMetric(median(paired), what+"-paired-ratio")
-		b.Logf("  per round, MB/s: berth-blob %.0f, plain %.0f; median of the rounds' ratios %.2f", m[0], m[1], median(paired))
+		b.ReportMetric(framework.Median(paired), what+"-paired-ratio")
+		b.Logf("  per round, MB/s: berth-blob %.0f, plain %.0f; median of the rounds' ratios %.2f", m[0], m[1], framework.Median(paired))
 	}
 	report("upload", up, true)
 	report("upload-raw", [2][]float64{up[0], upRaw}, false)
@@ -246,13 +245,4 @@ func plainFetch(b *testing.B, c *azblob.Client, container, name, zipPath, dest s
 	if err := unzipPlain(f, n, dest); err != nil {
 		b.Fatal(err)
 	}
-}
-
-func median(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }

@@ -68,13 +68,13 @@ func BenchmarkMeterIngest(b *testing.B) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "    path\trows/s (median of %d rounds of %d rows)\tper round\n", ingestRounds, n)
 	for _, p := range paths {
-		fmt.Fprintf(tw, "    %s\t%.0f\t%.0f\n", p, median(rate[p]), rate[p])
-		b.ReportMetric(median(rate[p]), "rows/s-"+p)
+		fmt.Fprintf(tw, "    %s\t%.0f\t%.0f\n", p, framework.Median(rate[p]), rate[p])
+		b.ReportMetric(framework.Median(rate[p]), "rows/s-"+p)
 	}
 	_ = tw.Flush()
-	r := median(ratios)
+	r := framework.Median(ratios)
 	b.ReportMetric(r, "ratio-berth-to-copy")
-	berth := median(rate["berth"])
+	berth := framework.Median(rate["berth"])
 	logf("berth's exactly-once path: %.0f rows/s, %.2fx bare CopyFrom (median of per-round ratios); target >= %d rows/s: %s",
 		berth, r, targetIngestRows, metOrMissed(berth >= targetIngestRows))
 }
@@ -185,10 +185,10 @@ func BenchmarkUsageQuery(b *testing.B) {
 		}
 		floor = append(floor, time.Since(t0))
 	}
-	p95 := percentile(query, 95)
+	p95 := framework.Percentile(query, 95)
 	logf("usage query over %d hourly rows (%d orgs x %d users x %d days x %d h), %d queries:", len(rows), queryOrgs, queryUsers, queryDays, queryHours, queryRuns)
-	logf("  Totals:   p50 %.1f ms, p95 %.1f ms; target p95 < %s: %s", ms(percentile(query, 50)), ms(p95), targetQueryP95, metOrMissed(p95 < targetQueryP95))
-	logf("  SELECT 1: p50 %.2f ms, p95 %.2f ms (the floor)", ms(percentile(floor, 50)), ms(percentile(floor, 95)))
+	logf("  Totals:   p50 %.1f ms, p95 %.1f ms; target p95 < %s: %s", ms(framework.Percentile(query, 50)), ms(p95), targetQueryP95, metOrMissed(p95 < targetQueryP95))
+	logf("  SELECT 1: p50 %.2f ms, p95 %.2f ms (the floor)", ms(framework.Percentile(floor, 50)), ms(framework.Percentile(floor, 95)))
 	b.ReportMetric(ms(p95), "p95-ms-query")
-	b.ReportMetric(ms(percentile(query, 50)), "p50-ms-query")
+	b.ReportMetric(ms(framework.Percentile(query, 50)), "p50-ms-query")
 }

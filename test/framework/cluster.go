@@ -71,6 +71,7 @@ func startCluster() (*ClusterEnv, error) {
 		WorkDir: filepath.Join(state.dir, "kwok"),
 		Tools:   state.tools,
 	}
+	opts.MetricsServer = state.opts.metricsServer
 	if state.opts.admissionOnly {
 		opts.DisableScheduler = true
 		opts.ExtraArgs = append(opts.ExtraArgs, "kube-controller-manager=controllers=serviceaccount-controller,serviceaccount-token-controller")

@@ -38,6 +38,14 @@ type Option func(*options)
 type options struct {
 	pools         map[string]int
 	admissionOnly bool
+	metricsServer bool
+}
+
+// WithMetricsServer runs metrics-server in the package's cluster, so that
+// metrics.k8s.io serves the use kwok reports for each Pod: its
+// kwok.x-k8s.io/usage-cpu annotation, else 1m.
+func WithMetricsServer() Option {
+	return func(o *options) { o.metricsServer = true }
 }
 
 // WithAdmissionOnly starts the package's cluster with no kube-scheduler and

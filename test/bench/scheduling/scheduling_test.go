@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,14 +130,14 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 				<-done
 				cleanup(b, c, ns)
 			}
-			s, bt, ratio := median(rates[stock]), median(rates[berth]), median(ratios)
+			s, bt, ratio := framework.Median(rates[stock]), framework.Median(rates[berth]), framework.Median(ratios)
 			b.ReportMetric(s, "pods/s-stock")
 			b.ReportMetric(bt, "pods/s-berth")
 			b.ReportMetric(ratio, "ratio")
-			b.ReportMetric(median(cpu[stock]), "cpu-ms/pod-stock")
-			b.ReportMetric(median(cpu[berth]), "cpu-ms/pod-berth")
+			b.ReportMetric(framework.Median(cpu[stock]), "cpu-ms/pod-stock")
+			b.ReportMetric(framework.Median(cpu[berth]), "cpu-ms/pod-berth")
 			b.Logf("%s: %d Pods on %d nodes: stock median %.0f pods/s, berth-scheduler median %.0f pods/s, median of round ratios %.2f %v (target >= 1.0); scheduler CPU a Pod, medians: stock %.2f ms, berth %.2f ms",
-				m.name, m.n, nodeCount(b, c), s, bt, ratio, ratios, median(cpu[stock]), median(cpu[berth]))
+				m.name, m.n, nodeCount(b, c), s, bt, ratio, ratios, framework.Median(cpu[stock]), framework.Median(cpu[berth]))
 		})
 	}
 }
@@ -372,15 +371,6 @@ func nodeCount(b *testing.B, c client.Client) int {
 		b.Fatal(err)
 	}
 	return len(nodes.Items)
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }
 
 // admitted is pod as berth's mutating webhook writes it for org, with the

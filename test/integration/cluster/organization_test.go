@@ -78,7 +78,7 @@ func TestBadOrganizationIsRejectedReadably(t *testing.T) {
 	}, {
 		name: "idle timeout too short",
 		spec: berthv1alpha1.OrganizationSpec{IdleTimeout: &metav1.Duration{Duration: 10 * time.Second}},
-		want: []string{"spec.idleTimeout", "idleTimeout must be at least 1m"},
+		want: []string{"spec.idleTimeout", "idleTimeout must be 0 (never stop) or at least 1m"},
 	}, {
 		name: "default above max",
 		spec: berthv1alpha1.OrganizationSpec{Classes: berthv1alpha1.ClassPolicies{Build: berthv1alpha1.ClassPolicy{

@@ -10,10 +10,11 @@ import (
 // the same answers for objects that never went through it (fakes, older
 // stored versions), so callers never check for nil.
 
-// IdleTimeoutOrDefault is the org's idle timeout, 30m when unset.
+// IdleTimeoutOrDefault is the org's idle timeout, 30m when unset; 0 means
+// workspaces are never stopped for idleness.
 func (s *OrganizationSpec) IdleTimeoutOrDefault() time.Duration {
-	if s.IdleTimeout != nil && s.IdleTimeout.Duration > 0 {
-		return s.IdleTimeout.Duration
+	if s.IdleTimeout != nil {
+		return max(s.IdleTimeout.Duration, 0)
 	}
 	d, _ := time.ParseDuration(DefaultIdleTimeout)
 	return d

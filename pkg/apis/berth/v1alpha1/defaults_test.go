@@ -29,6 +29,9 @@ func TestSpecDefaults(t *testing.T) {
 	assert.Equal(t, "8Gi", ptr.To(set.ScratchLimit()).String())
 	assert.Equal(t, ptr.To[int32](0), set.Classes.Policy(ClassBuild).Max.GPUs)
 	assert.Nil(t, set.Classes.Policy(ClassInference).Max)
+
+	off := OrganizationSpec{IdleTimeout: &metav1.Duration{}}
+	assert.Zero(t, off.IdleTimeoutOrDefault(), "an idleTimeout of 0 turns idle stops off")
 }
 
 func TestParseClass(t *testing.T) {

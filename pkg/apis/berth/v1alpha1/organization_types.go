@@ -83,11 +83,12 @@ type OrganizationSpec struct {
 	MaxGPUs *int32 `json:"maxGPUs,omitempty"`
 
 	// IdleTimeout is how long a workspace may go without activity before it is
-	// stopped (its PVC and spec are kept). A Go duration such as 30m or 2h.
+	// stopped (its claims and template are kept). A Go duration such as 30m
+	// or 2h; 0 never stops a workspace.
 	// +kubebuilder:default="30m"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="idleTimeout must be at least 1m; use a value such as 30m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('1m')",message="idleTimeout must be 0 (never stop) or at least 1m; use a value such as 30m"
 	// +optional
 	IdleTimeout *metav1.Duration `json:"idleTimeout,omitempty"`
 

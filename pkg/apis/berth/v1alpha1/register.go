@@ -25,7 +25,7 @@ func Resource(resource string) schema.GroupResource {
 }
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(SchemeGroupVersion, &Organization{}, &OrganizationList{})
+	scheme.AddKnownTypes(SchemeGroupVersion, &Organization{}, &OrganizationList{}, &Workspace{}, &WorkspaceList{})
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil
 }

@@ -1,0 +1,369 @@
+// Package workspaces benchmarks waking workspaces against creating the same
+// Pods plainly, and the recovery of the workspaces of a deleted node, on
+// one local cluster with berth-manager's webhooks and controllers running.
+package workspaces
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/controllers/workspaces"
+	"berth.dev/berth/pkg/localcluster"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+)
+
+func TestMain(m *testing.M) { framework.Main(m) }
+
+const (
+	// concurrent wakes, and plain creates, at once.
+	concurrent = 50
+	// rounds of each path; each round alternates which goes first.
+	wakeRounds = 4
+	// lostWorkspaces share the node BenchmarkSpotLoss deletes.
+	lostWorkspaces = 20
+	spotRounds     = 3
+)
+
+var (
+	managerOnce sync.Once
+	bench       struct {
+		env *framework.ClusterEnv
+		c   client.WithWatch
+	}
+)
+
+// setup starts the package's berth-manager (webhooks, orgstatus and the
+// workspaces controller; the stock scheduler places every Pod) and a client
+// without client-side rate limits.
+func setup(b *testing.B) (*framework.ClusterEnv, client.WithWatch) {
+	b.Helper()
+	env := framework.Cluster(b)
+	managerOnce.Do(func() {
+		framework.StartPackageManager(b, env, framework.ManagerOptions{
+			Args: []string{"--scheduler-name=", "--controllers=orgstatus,workspaces"},
+		})
+		cfg := *env.Config
+		cfg.QPS, cfg.Burst = 1000, 1000
+		c, err := client.NewWithWatch(&cfg, client.Options{Scheme: env.Scheme})
+		if err != nil {
+			b.Fatal(err)
+		}
+		bench.env, bench.c = env, c
+	})
+	return bench.env, bench.c
+}
+
+// BenchmarkWake wakes 50 stopped workspaces at once (spec.started set to
+// true, as kubectl patch or berth-manager's API does) and, in the same
+// rounds, creates the very Pods those wakes create, plainly, 50 at once.
+// Both go through berth's admission and the stock scheduler. It reports,
+// from the request to the Pod seen Running, p50 and p95 of each path and
+// the median over rounds of wake/plain; the target is p95 < 2 s and at
+// most 1.5x plain. It only reports: no target fails it.
+func BenchmarkWake(b *testing.B) {
+	env, c := setup(b)
+	org := testutil.Org("bench-wake").Obj()
+	env.Create(b, org)
+	ns := env.Namespace(b, org.Name)
+	names := make([]string, concurrent)
+	for i := range names {
+		names[i] = fmt.Sprintf("ide-%02d", i)
+		env.Create(b, stoppedWorkspace(ns, names[i]))
+	}
+	// Plain Pods are controlled by a ConfigMap: berth does not adopt them,
+	// and deleting it deletes them.
+	holder := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "plain-pods", Namespace: ns}}
+	env.Create(b, holder)
+
+	var wakeAll, plainAll []time.Duration
+	var p50s, p95s []float64
+	fmt.Println()
+	for r := range b.N * wakeRounds {
+		var wake, plain []time.Duration
+		for k := range 2 {
+			if (r+k)%2 == 0 {
+				wake = wakeRound(b, c, ns, names)
+			} else {
+				plain = plainRound(b, c, ns, names, holder)
+			}
+		}
+		logf("round %d: wake p50 %s p95 %s, plain p50 %s p95 %s", r+1,
+			ms(framework.Percentile(wake, 50)), ms(framework.Percentile(wake, 95)), ms(framework.Percentile(plain, 50)), ms(framework.Percentile(plain, 95)))
+		wakeAll, plainAll = append(wakeAll, wake...), append(plainAll, plain...)
+		p50s = append(p50s, ratio(framework.Percentile(wake, 50), framework.Percentile(plain, 50)))
+		p95s = append(p95s, ratio(framework.Percentile(wake, 95), framework.Percentile(plain, 95)))
+	}
+	logf("%d concurrent, %d rounds: wake p50 %s p95 %s; plain create p50 %s p95 %s",
+		concurrent, b.N*wakeRounds, ms(framework.Percentile(wakeAll, 50)), ms(framework.Percentile(wakeAll, 95)), ms(framework.Percentile(plainAll, 50)), ms(framework.Percentile(plainAll, 95)))
+	logf("median of rounds' wake/plain: p50 %.2fx, p95 %.2fx (target: p95 < 2s, at most 1.5x)", framework.Median(p50s), framework.Median(p95s))
+	b.ReportMetric(framework.Percentile(wakeAll, 95).Seconds(), "wake-p95-s")
+	b.ReportMetric(framework.Median(p95s), "wake/plain-p95")
+}
+
+func stoppedWorkspace(ns, name string) *berthv1alpha1.Workspace {
+	pod := testutil.Pod(name).Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+	return &berthv1alpha1.Workspace{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: berthv1alpha1.WorkspaceSpec{Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: pod.Labels}, Spec: pod.Spec,
+		}},
+	}
+}
+
+// wakeRound wakes every workspace at once, returns each one's time from its
+// patch to its Pod seen Running, then stops them all and waits until their
+// Pods are gone.
+func wakeRound(b *testing.B, c client.WithWatch, ns string, names []string) []time.Duration {
+	b.Helper()
+	seen := watchRunning(b, c, ns, func(p *corev1.Pod) string { return p.Labels[berthv1alpha1.LabelWorkspace] })
+	sent := make([]time.Time, len(names))
+	setAll(b, c, ns, names, true, sent)
+	out := collect(b, seen, names, sent)
+	setAll(b, c, ns, names, false, nil)
+	waitNoPods(b, c, ns)
+	return out
+}
+
+// plainRound creates the Pods a wake would, plainly, at once, and returns
+// each one's time from its create to Running, then deletes them.
+func plainRound(b *testing.B, c client.WithWatch, ns string, names []string, holder *corev1.ConfigMap) []time.Duration {
+	b.Helper()
+	seen := watchRunning(b, c, ns, func(p *corev1.Pod) string {
+		if metav1.IsControlledBy(p, holder) {
+			return p.Name
+		}
+		return ""
+	})
+	pods := make([]*corev1.Pod, len(names))
+	for i, name := range names {
+		ws := &berthv1alpha1.Workspace{}
+		if err := c.Get(b.Context(), client.ObjectKey{Namespace: ns, Name: name}, ws); err != nil {
+			b.Fatal(err)
+		}
+		pods[i] = workspaces.PodFor(ws, name)
+		pods[i].OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: holder.Name, UID: holder.UID, Controller: ptr.To(true)}}
+	}
+	sent := make([]time.Time, len(names))
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Go(func() {
+			sent[i] = time.Now()
+			if err := c.Create(b.Context(), pods[i]); err != nil {
+				b.Errorf("create %s: %v", pods[i].Name, err)
+			}
+		})
+	}
+	wg.Wait()
+	out := collect(b, seen, names, sent)
+	if err := c.DeleteAllOf(b.Context(), &corev1.Pod{}, client.InNamespace(ns), client.MatchingLabels{berthv1alpha1.LabelClass: string(berthv1alpha1.ClassWorkspace)}); err != nil {
+		b.Fatal(err)
+	}
+	waitNoPods(b, c, ns)
+	return out
+}
+
+// setAll sets spec.started on every workspace at once, recording when each
+// patch was sent.
+func setAll(b *testing.B, c client.Client, ns string, names []string, started bool, sent []time.Time) {
+	b.Helper()
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			ws := &berthv1alpha1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+			body := fmt.Appendf(nil, `{"spec":{"started":%t}}`, started)
+			if sent != nil {
+				sent[i] = time.Now()
+			}
+			if err := c.Patch(b.Context(), ws, client.RawPatch("application/merge-patch+json", body)); err != nil {
+				b.Errorf("set started=%t on %s: %v", started, name, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// watchRunning watches the namespace's Pods and sends, once per key, the
+// time a Pod with that key (from key; "" skips it) was first seen Running.
+func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.Pod) string) <-chan seenAt {
+	b.Helper()
+	w, err := c.Watch(b.Context(), &corev1.PodList{}, client.InNamespace(ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make(chan seenAt, 4*concurrent)
+	go func() {
+		defer w.Stop()
+		done := map[string]bool{}
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || ev.Type == watch.Deleted || p.Status.Phase != corev1.PodRunning {
+				continue
+			}
+			k := key(p)
+			if k == "" || done[k] {
+				continue
+			}
+			done[k] = true
+			out <- seenAt{k, time.Now()}
+			if len(done) == concurrent {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+type seenAt struct {
+	key string
+	at  time.Time
+}
+
+func collect(b *testing.B, seen <-chan seenAt, names []string, sent []time.Time) []time.Duration {
+	b.Helper()
+	index := map[string]int{}
+	for i, n := range names {
+		index[n] = i
+	}
+	out := make([]time.Duration, 0, len(names))
+	timeout := time.After(3 * time.Minute)
+	for len(out) < len(names) {
+		select {
+		case s := <-seen:
+			out = append(out, s.at.Sub(sent[index[s.key]]))
+		case <-timeout:
+			b.Fatalf("only %d of %d Pods running after 3 minutes", len(out), len(names))
+		}
+	}
+	return out
+}
+
+func waitNoPods(b *testing.B, c client.Client, ns string) {
+	b.Helper()
+	err := wait.PollUntilContextTimeout(b.Context(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var list corev1.PodList
+		err := c.List(ctx, &list, client.InNamespace(ns))
+		return len(list.Items) == 0, err
+	})
+	if err != nil {
+		b.Fatalf("Pods of %s still there: %v", ns, err)
+	}
+}
+
+// BenchmarkSpotLoss puts 20 workspaces on one spot node and deletes the
+// node, as a reclaimed spot VM's node is deleted, and measures, per
+// workspace, the time from the delete to its Pod seen Running on another
+// node: p95 and max per round. Other nodes are cordoned while the node
+// fills. It only reports.
+func BenchmarkSpotLoss(b *testing.B) {
+	env, c := setup(b)
+	org := testutil.Org("bench-spot").Obj()
+	env.Create(b, org)
+	ns := env.Namespace(b, org.Name)
+	pools, err := localcluster.DefaultPools()
+	if err != nil {
+		b.Fatal(err)
+	}
+	spot, _ := pools.Get("spot-ssd")
+	names := make([]string, lostWorkspaces)
+	for i := range names {
+		names[i] = fmt.Sprintf("lost-%02d", i)
+		env.Create(b, stoppedWorkspace(ns, names[i]))
+	}
+	fmt.Println()
+	var p95s, maxes []float64
+	for r := range b.N * spotRounds {
+		doomed := spot.Node(900 + r)
+		if err := c.Create(b.Context(), doomed); err != nil {
+			b.Fatal(err)
+		}
+		uncordon := cordonAllBut(b, c, doomed.Name)
+		seen := watchRunning(b, c, ns, func(p *corev1.Pod) string {
+			if p.Spec.NodeName != doomed.Name {
+				return ""
+			}
+			return p.Labels[berthv1alpha1.LabelWorkspace]
+		})
+		setAll(b, c, ns, names, true, make([]time.Time, len(names)))
+		collect(b, seen, names, make([]time.Time, len(names)))
+		uncordon()
+
+		seen = watchRunning(b, c, ns, func(p *corev1.Pod) string {
+			if p.Spec.NodeName == doomed.Name {
+				return ""
+			}
+			return p.Labels[berthv1alpha1.LabelWorkspace]
+		})
+		start := time.Now()
+		if err := c.Delete(b.Context(), doomed); err != nil {
+			b.Fatal(err)
+		}
+		sent := make([]time.Time, len(names))
+		for i := range sent {
+			sent[i] = start
+		}
+		back := collect(b, seen, names, sent)
+		logf("round %d: %d workspaces of a deleted node running again: p50 %s p95 %s max %s", r+1, len(names),
+			ms(framework.Percentile(back, 50)), ms(framework.Percentile(back, 95)), ms(framework.Percentile(back, 100)))
+		p95s = append(p95s, framework.Percentile(back, 95).Seconds())
+		maxes = append(maxes, framework.Percentile(back, 100).Seconds())
+		setAll(b, c, ns, names, false, nil)
+		waitNoPods(b, c, ns)
+	}
+	logf("median over %d rounds: p95 %.2fs, max %.2fs", len(p95s), framework.Median(p95s), framework.Median(maxes))
+	b.ReportMetric(framework.Median(p95s), "recover-p95-s")
+}
+
+// cordonAllBut marks every schedulable node but keep unschedulable and
+// returns what undoes it.
+func cordonAllBut(b *testing.B, c client.Client, keep string) func() {
+	b.Helper()
+	var nodes corev1.NodeList
+	if err := c.List(b.Context(), &nodes); err != nil {
+		b.Fatal(err)
+	}
+	set := func(name string, v bool) {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		body := fmt.Appendf(nil, `{"spec":{"unschedulable":%t}}`, v)
+		if err := c.Patch(context.Background(), node, client.RawPatch("application/merge-patch+json", body)); err != nil {
+			b.Errorf("cordon %s=%t: %v", name, v, err)
+		}
+	}
+	var cordoned []string
+	for _, n := range nodes.Items {
+		if n.Name != keep && !n.Spec.Unschedulable {
+			set(n.Name, true)
+			cordoned = append(cordoned, n.Name)
+		}
+	}
+	return func() {
+		for _, name := range cordoned {
+			set(name, false)
+		}
+	}
+}
+
+func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+func ratio(a, b time.Duration) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func logf(format string, args ...any) {
+	fmt.Println("    " + strings.ReplaceAll(fmt.Sprintf(format, args...), "\n", "\n    "))
+}
