@@ -242,3 +242,13 @@ func (e *ClusterEnv) token(t testing.TB, namespace, name string) string {
 	}
 	return tr.Status.Token
 }
+
+// WatchClient is a client of the cluster that can also watch.
+func (e *ClusterEnv) WatchClient(t testing.TB) client.WithWatch {
+	t.Helper()
+	c, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatalf("create watch client: %v", err)
+	}
+	return c
+}

@@ -5,10 +5,12 @@
 // when its node is lost, and takes a user's delete of its Pod for a stop.
 // A labelled workspace Pod created on its own is adopted into a Workspace.
 //
-// Every step reads its state from the API (the Workspace's status and its
-// Pods), so a restart at any point converges: a start is written to the
-// status, under the Workspace's resourceVersion, before its Pod is
-// created, and a going Pod is accounted for before anything else happens.
+// Every step reads its state from the API (the Workspace and its Pods), so
+// a restart at any point converges: a start creates a Pod whose name is
+// fixed before the create (the Workspace's generation, or the name its Lost
+// status recorded), every start, stop or judgement of a gone Pod is made
+// on the Workspace as the API server has it, not as the cache last saw it,
+// and a going Pod is accounted for before anything else happens.
 package workspaces
 
 import (
@@ -27,6 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	utilrand "k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	metricsv1beta1 "k8s.io/metrics/pkg/apis/metrics/v1beta1"
@@ -35,6 +38,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -54,6 +58,15 @@ const (
 	indexWorkspace = "berth.workspace"
 	// indexNode indexes workspace Pods by their node.
 	indexNode = "berth.workspace.node"
+
+	// workers reconcile different workspaces at once: a burst of wakes
+	// (a team's morning) is a status write and a Pod create each, and
+	// waiting on the API server one at a time would queue them.
+	workers = 16
+
+	// quietStart is how long a start may take before its status says
+	// what it waits for: a burst of wakes writes no more than it must.
+	quietStart = 3 * time.Second
 
 	// activityResolution is how far the recorded last activity may lag:
 	// heartbeats closer together than this write no status.
@@ -135,6 +148,7 @@ func (c *Controller) Register(mgr ctrl.Manager) error {
 		return workspaceOf(o.(*corev1.Pod)) != ""
 	})
 	return ctrl.NewControllerManagedBy(mgr).Named(Name).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		For(&berthv1alpha1.Workspace{}).
 		Watches(&corev1.Pod{}, c.podHandler(), builder.WithPredicates(workspacePods)).
 		Watches(&corev1.Node{}, c.nodeHandler(), builder.WithPredicates(predicate.Funcs{
@@ -218,8 +232,20 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		})
 	}
 	r := &run{Controller: c, ws: ws, org: org, now: c.clock.Now()}
-	return r.reconcile(ctx, list.Items)
+	result, err := r.reconcile(ctx, list.Items)
+	if errors.Is(err, errStale) {
+		// Decide again on the Workspace as the API server has it.
+		if err := c.reader.Get(ctx, req.NamespacedName, ws); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		r.fresh = true
+		result, err = r.reconcile(ctx, list.Items)
+	}
+	return result, err
 }
+
+// errStale asks for a Workspace read from the API server.
+var errStale = errors.New("the cached Workspace may be stale")
 
 // run is one reconcile of one workspace.
 type run struct {
@@ -227,6 +253,19 @@ type run struct {
 	ws  *berthv1alpha1.Workspace
 	org *berthv1alpha1.Organization
 	now time.Time
+	// fresh is set when ws was read from the API server, not the cache.
+	// Starting, stopping or judging a Pod gone takes a fresh one: a cache
+	// that has seen a new Pod but not the status that names it, or a stop
+	// but not the wake after it, would act on a past state.
+	fresh bool
+}
+
+// needFresh returns errStale unless the Workspace is fresh.
+func (r *run) needFresh() error {
+	if r.fresh {
+		return nil
+	}
+	return errStale
 }
 
 func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, error) {
@@ -245,7 +284,7 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		if pod.Name == ws.Status.PodName {
+		if pod.Name == ws.Status.PodName || (cur == nil && pod.Name == startName(ws)) {
 			cur = pod
 		}
 		if podGoing(pod) || nodeGone {
@@ -257,17 +296,22 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		}
 		live = append(live, pod)
 	}
-	if cur == nil && ws.Status.PodName != "" {
+	if cur == nil && r.fresh {
 		// The cache may not have a Pod berth has just created.
-		pod := &corev1.Pod{}
-		err := r.reader.Get(ctx, client.ObjectKey{Namespace: ws.Namespace, Name: ws.Status.PodName}, pod)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
-		}
-		if err == nil && OwnedBy(pod, ws) {
-			cur = pod
-			if !podGoing(pod) && !slices.ContainsFunc(live, func(p *corev1.Pod) bool { return p.UID == pod.UID }) {
-				live = append(live, pod)
+		for _, name := range []string{ws.Status.PodName, startName(ws)} {
+			if name == "" || cur != nil {
+				continue
+			}
+			pod := &corev1.Pod{}
+			err := r.reader.Get(ctx, client.ObjectKey{Namespace: ws.Namespace, Name: name}, pod)
+			if err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, err
+			}
+			if err == nil && OwnedBy(pod, ws) {
+				cur = pod
+				if !podGoing(pod) && !slices.ContainsFunc(live, func(p *corev1.Pod) bool { return p.UID == pod.UID }) {
+					live = append(live, pod)
+				}
 			}
 		}
 	}
@@ -276,12 +320,18 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 	// it: a loss or a user's stop. Account for it first.
 	if ws.Spec.Started && ws.Status.PodUID != "" && (ws.Status.Phase == berthv1alpha1.WorkspaceRunning || ws.Status.Phase == berthv1alpha1.WorkspaceStarting) &&
 		(cur == nil || cur.UID != ws.Status.PodUID || !slices.Contains(live, cur)) {
+		if err := r.needFresh(); err != nil {
+			return ctrl.Result{}, err
+		}
 		return r.accountGone(ctx, cur)
 	}
 
 	// Duplicates (a crash between two starts) go; the current one stays.
 	for _, pod := range live {
-		if pod != cur && pod.Name != ws.Status.PodName {
+		if pod != cur && pod.Name != ws.Status.PodName && pod.Name != startName(ws) {
+			if err := r.needFresh(); err != nil {
+				return ctrl.Result{}, err
+			}
 			if err := r.deletePod(ctx, pod, nil); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -298,8 +348,16 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		// A labelled Pod made for this Workspace by hand: it is the start.
 		return ctrl.Result{}, r.adopt(ctx, strays[0])
 	case ws.Spec.Started:
+		if err := r.needFresh(); err != nil {
+			return ctrl.Result{}, err
+		}
 		return r.start(ctx)
 	default:
+		if len(live) > 0 {
+			if err := r.needFresh(); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 		return ctrl.Result{}, r.stop(ctx, live, len(going) > 0)
 	}
 }
@@ -393,7 +451,9 @@ func (r *run) accountGone(ctx context.Context, pod *corev1.Pod) (ctrl.Result, er
 		s.Phase = berthv1alpha1.WorkspaceLost
 		s.StoppedBy = berthv1alpha1.StoppedSpotLoss
 		s.StoppedAt = &metav1.Time{Time: r.now}
-		s.PodName, s.PodUID, s.NodeName = "", "", ""
+		// The replacement gets a name of its own: the lost Pod may take a
+		// while to go.
+		s.PodName, s.PodUID, s.NodeName = podName(ws.Name), "", ""
 		s.Message = fmt.Sprintf("lost: %s; starting again", loss)
 		setCondition(s, conditionReady, metav1.ConditionFalse, "Lost", s.Message)
 	})
@@ -436,10 +496,18 @@ func (r *run) running(ctx context.Context, pod *corev1.Pod) (ctrl.Result, error)
 		result.RequeueAfter = retryClaims
 	}
 	runningNow := pod.Status.Phase == corev1.PodRunning
-	if runningNow && ws.Status.Phase == berthv1alpha1.WorkspaceStarting && ws.Status.StartedAt != nil {
-		startSeconds.Observe(r.now.Sub(ws.Status.StartedAt.Time).Seconds())
+	if since := r.now.Sub(pod.CreationTimestamp.Time); !runningNow && since < quietStart {
+		// Most starts run within a second: say what they wait for only
+		// if they take longer.
+		return minResult(result, quietStart-since), nil
+	}
+	if runningNow && ws.Status.Phase != berthv1alpha1.WorkspaceRunning && ws.Status.PodUID != pod.UID {
+		startSeconds.Observe(r.now.Sub(pod.CreationTimestamp.Time).Seconds())
 	}
 	err = r.writeStatus(ctx, ws, func(s *berthv1alpha1.WorkspaceStatus) {
+		if s.PodUID != pod.UID {
+			s.StartedAt = &metav1.Time{Time: pod.CreationTimestamp.Time}
+		}
 		s.PodName, s.PodUID, s.NodeName = pod.Name, pod.UID, pod.Spec.NodeName
 		s.Claims = Claims(&ws.Spec.Template)
 		if s.LastActivity == nil || last.Sub(s.LastActivity.Time) >= activityResolution || last.Before(s.LastActivity.Time) {
@@ -496,11 +564,13 @@ type cpuUse int
 const (
 	cpuIdle    cpuUse = iota // below Options.BusyCPU, or no metrics at all
 	cpuBusy                  // at or above Options.BusyCPU
-	cpuUnknown               // metrics are served, but none for this Pod yet
+	cpuUnknown               // metrics.k8s.io has no answer for this Pod now
 )
 
 // busy asks metrics.k8s.io whether the Pod uses at least Options.BusyCPU.
-// Where no metrics are served, it is idle: the heartbeat alone decides.
+// Where metrics.k8s.io is not served at all, it is idle: the heartbeat
+// alone decides. Where it is served but has no answer now, it is unknown,
+// and the caller asks again for a while.
 func (c *Controller) busy(ctx context.Context, pod *corev1.Pod) cpuUse {
 	if c.opts.Metrics == nil || c.opts.BusyCPU.IsZero() {
 		return cpuIdle
@@ -508,10 +578,12 @@ func (c *Controller) busy(ctx context.Context, pod *corev1.Pod) cpuUse {
 	m := &metricsv1beta1.PodMetrics{}
 	if err := c.opts.Metrics.Get(ctx, client.ObjectKeyFromObject(pod), m); err != nil {
 		ctrl.LoggerFrom(ctx).V(1).Info("no CPU use from metrics.k8s.io", "pod", client.ObjectKeyFromObject(pod), "error", err.Error())
-		if apierrors.IsNotFound(err) {
-			return cpuUnknown
+		var discoveryFailed *discovery.ErrGroupDiscoveryFailed
+		if !errors.As(err, &discoveryFailed) && meta.IsNoMatchError(err) {
+			return cpuIdle // the cluster serves no metrics.k8s.io
 		}
-		return cpuIdle
+		// No sample for this Pod yet, or metrics-server is briefly away.
+		return cpuUnknown
 	}
 	var used resource.Quantity
 	for _, ct := range m.Containers {
@@ -543,10 +615,10 @@ func minResult(r ctrl.Result, after time.Duration) ctrl.Result {
 	return r
 }
 
-// start creates the workspace's Pod. The name is written to the status,
-// under the Workspace's resourceVersion, before the Pod is created: a
-// stale cache cannot start a second Pod, and a restart creates the same
-// one.
+// start creates the workspace's Pod, from a Workspace read from the API
+// server. Its name is fixed before the create (the generation's, or the
+// one the Lost status recorded), so a restart creates the same Pod, and
+// no second one.
 func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 	ws := r.ws
 	trigger := "wake"
@@ -559,20 +631,12 @@ func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 			return ctrl.Result{}, err
 		}
 	}
+	// A recovery starts the Pod its Lost status named; a wake the Pod its
+	// generation names, so a restart creates the same one, and a wake,
+	// which changes the generation, never meets the last Pod's name.
 	name := ws.Status.PodName
 	if name == "" || ws.Status.PodUID != "" {
-		name = podName(ws.Name)
-		st := ws.Status.DeepCopy()
-		st.Phase = berthv1alpha1.WorkspaceStarting
-		st.PodName, st.PodUID, st.NodeName = name, "", ""
-		st.StartedAt = &metav1.Time{Time: r.now}
-		st.Message = "creating Pod " + name
-		st.Claims = Claims(&ws.Spec.Template)
-		setCondition(st, conditionReady, metav1.ConditionFalse, "Starting", st.Message)
-		ws.Status = *st
-		if err := r.client.Status().Update(ctx, ws); err != nil {
-			return ctrl.Result{}, fmt.Errorf("record the start of Workspace %s/%s: %w", ws.Namespace, ws.Name, err)
-		}
+		name = startName(ws)
 	}
 	err := r.client.Create(ctx, PodFor(ws, name))
 	if err == nil || apierrors.IsAlreadyExists(err) {
@@ -608,6 +672,17 @@ func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 	}
 	// A refused wake is over: the workspace stays stopped until woken again.
 	return ctrl.Result{}, r.setStarted(ctx, false, berthv1alpha1.StoppedUser)
+}
+
+// startName is the name of the Pod a wake of ws at its current
+// generation creates: {workspace}-{generation}-{uid prefix}.
+func startName(ws *berthv1alpha1.Workspace) string {
+	suffix := fmt.Sprintf("-%d-%s", ws.Generation, string(ws.UID)[:min(5, len(ws.UID))])
+	name := ws.Name
+	if len(name)+len(suffix) > 63 {
+		name = name[:63-len(suffix)]
+	}
+	return name + suffix
 }
 
 func podName(ws string) string {

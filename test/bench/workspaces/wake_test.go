@@ -40,8 +40,9 @@ const (
 var (
 	managerOnce sync.Once
 	bench       struct {
-		env *framework.ClusterEnv
-		c   client.WithWatch
+		env     *framework.ClusterEnv
+		c       client.WithWatch
+		manager *framework.Process
 	}
 )
 
@@ -52,7 +53,7 @@ func setup(b *testing.B) (*framework.ClusterEnv, client.WithWatch) {
 	b.Helper()
 	env := framework.Cluster(b)
 	managerOnce.Do(func() {
-		framework.StartPackageManager(b, env, framework.ManagerOptions{
+		bench.manager = framework.StartPackageManager(b, env, framework.ManagerOptions{
 			Args: []string{"--scheduler-name=", "--controllers=orgstatus,workspaces"},
 		})
 		cfg := *env.Config
@@ -244,7 +245,7 @@ func collect(b *testing.B, seen <-chan seenAt, names []string, sent []time.Time)
 		case s := <-seen:
 			out = append(out, s.at.Sub(sent[index[s.key]]))
 		case <-timeout:
-			b.Fatalf("only %d of %d Pods running after 3 minutes", len(out), len(names))
+			b.Fatalf("only %d of %d Pods running after 3 minutes; berth-manager's log ends:\n%s", len(out), len(names), bench.manager.Tail(40))
 		}
 	}
 	return out

@@ -2,6 +2,7 @@ package workspaces
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -215,12 +217,13 @@ func TestBadTemplateIsRefused(t *testing.T) {
 	ws := workspace(ns, "root", "")
 	ws.Spec.Template.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 	env.Create(t, ws)
-	framework.Eventually(t, time.Minute, "the start refused", func(ctx context.Context) (bool, error) {
+	// berth records the refusal, then ends the wake.
+	framework.Eventually(t, time.Minute, "the start refused and the wake ended", func(ctx context.Context) (bool, error) {
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(ws), ws)
-		return err == nil && findCondition(ws.Status.Conditions, "StartFailed") != nil, err
+		return err == nil && findCondition(ws.Status.Conditions, "StartFailed") != nil && !ws.Spec.Started, err
 	})
 	assert.Contains(t, ws.Status.Message, "privileged")
-	assert.False(t, ws.Spec.Started)
+	assert.Equal(t, berthv1alpha1.WorkspaceStopped, ws.Status.Phase)
 	assert.Empty(t, pods(t, env, ns))
 }
 
@@ -231,4 +234,60 @@ func findCondition(conds []metav1.Condition, typ string) *metav1.Condition {
 		}
 	}
 	return nil
+}
+
+// Fifty workspaces woken at once each get exactly one Pod, and none is
+// deleted on the way: the controller works on several workspaces at once,
+// and a cache that has seen the new Pod but not the Workspace's new status
+// must not take that Pod for a leftover.
+func TestBurstOfWakesStartsEachOnce(t *testing.T) {
+	t.Parallel()
+	const n = 50
+	env := setup(t)
+	org := testutil.Org("ws-burst").Obj()
+	env.Create(t, org)
+	ns := env.Namespace(t, org.Name)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("ide-%02d", i)
+		ws := workspace(ns, names[i], "")
+		ws.Spec.Started = false
+		env.Create(t, ws)
+	}
+	for _, name := range names {
+		waitPhase(t, env, ns, name, berthv1alpha1.WorkspaceStopped, time.Minute)
+	}
+	w, err := env.WatchClient(t).Watch(t.Context(), &corev1.PodList{}, client.InNamespace(ns))
+	require.NoError(t, err)
+	defer w.Stop()
+
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Go(func() { setStarted(t, env, ns, name, true) })
+	}
+	wg.Wait()
+	for _, name := range names {
+		waitPhase(t, env, ns, name, berthv1alpha1.WorkspaceRunning, 2*time.Minute)
+	}
+	created, deleted := map[string]bool{}, map[string]bool{}
+	for done := false; !done; {
+		select {
+		case ev := <-w.ResultChan():
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			if ev.Type == watch.Added {
+				created[p.Name] = true
+			}
+			if ev.Type == watch.Deleted || p.DeletionTimestamp != nil {
+				deleted[p.Name] = true
+			}
+		case <-time.After(time.Second):
+			done = true
+		}
+	}
+	assert.Len(t, created, n, "one Pod created per wake")
+	assert.Empty(t, deleted, "Pods deleted during the wakes")
+	assert.Len(t, pods(t, env, ns), n)
 }
