@@ -70,8 +70,10 @@ const maxPodFailureRules = 20
 // ignoreDisruptions makes a build whose Pod is lost with its node (a
 // reclaimed spot node, a drain, a preemption) run again without using up
 // its backoffLimit: a rule that ignores DisruptionTarget failures goes
-// first in the Job's podFailurePolicy. The API server allows the policy
-// only with restartPolicy Never, and it cannot change after the create.
+// first in the Job's podFailurePolicy, and the Job replaces a Pod once it
+// has failed (podReplacementPolicy Failed, the only one the API server
+// allows with a policy). The API server allows the policy only with
+// restartPolicy Never, and it cannot change after the create.
 func ignoreDisruptions(spec *batchv1.JobSpec) {
 	if spec.Template.Spec.RestartPolicy != corev1.RestartPolicyNever {
 		return
@@ -91,6 +93,10 @@ func ignoreDisruptions(spec *batchv1.JobSpec) {
 		return
 	}
 	spec.PodFailurePolicy.Rules = append([]batchv1.PodFailurePolicyRule{rule}, rules...)
+	// With a pod failure policy, a Job replaces a Pod only once it has
+	// failed; the API server defaulted the Job before berth saw it, for no
+	// policy.
+	spec.PodReplacementPolicy = ptr.To(batchv1.Failed)
 }
 
 // ValidateCreate checks the mutated pod template.

@@ -98,6 +98,7 @@ func TestIgnoreDisruptions(t *testing.T) {
 	user := batchv1.PodFailurePolicyRule{Action: batchv1.PodFailurePolicyActionFailJob,
 		OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{Operator: batchv1.PodFailurePolicyOnExitCodesOpIn, Values: []int32{42}}}
 	spec.PodFailurePolicy = &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{user}}
+	spec.PodReplacementPolicy = ptr.To(batchv1.TerminatingOrFailed) // the API server's default
 	ignoreDisruptions(spec)
 	ignoreDisruptions(spec) // idempotent
 	if assert.Len(t, spec.PodFailurePolicy.Rules, 2) {
@@ -106,6 +107,7 @@ func TestIgnoreDisruptions(t *testing.T) {
 		assert.Equal(t, corev1.DisruptionTarget, first.OnPodConditions[0].Type)
 		assert.Equal(t, user, spec.PodFailurePolicy.Rules[1])
 	}
+	assert.Equal(t, ptr.To(batchv1.Failed), spec.PodReplacementPolicy, "the only replacement policy allowed with a pod failure policy")
 
 	onFailure := never()
 	onFailure.Template.Spec.RestartPolicy = corev1.RestartPolicyOnFailure

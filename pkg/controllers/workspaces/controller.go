@@ -344,8 +344,16 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 	switch {
 	case ws.Spec.Started && cur != nil:
 		return r.running(ctx, cur)
-	case ws.Spec.Started && len(strays) > 0 && ws.Status.PodName == "":
-		// A labelled Pod made for this Workspace by hand: it is the start.
+	case len(strays) > 0 && len(live) == 0:
+		// A labelled Pod made for this Workspace by hand: it is a start.
+		if err := r.needFresh(); err != nil {
+			return ctrl.Result{}, err
+		}
+		if !ws.Spec.Started {
+			if err := r.setStarted(ctx, true, ""); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 		return ctrl.Result{}, r.adopt(ctx, strays[0])
 	case ws.Spec.Started:
 		if err := r.needFresh(); err != nil {
@@ -815,7 +823,9 @@ func (c *Controller) adoptNew(ctx context.Context, req ctrl.Request, pods []core
 // adopt makes pod the Workspace's current Pod.
 func (r *run) adopt(ctx context.Context, pod *corev1.Pod) error {
 	ws := r.ws
-	patch := client.MergeFromWithOptions(pod.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	// A strategic merge adds the reference by its uid and keeps any other;
+	// the API server refuses a second controller.
+	patch := client.StrategicMergeFrom(pod.DeepCopy())
 	pod.OwnerReferences = append(pod.OwnerReferences, metav1.OwnerReference{
 		APIVersion: berthv1alpha1.SchemeGroupVersion.String(), Kind: "Workspace",
 		Name: ws.Name, UID: ws.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(false),
@@ -846,16 +856,18 @@ func (c *Controller) org(ctx context.Context, ns string) (*berthv1alpha1.Organiz
 	return org, nil
 }
 
-// writeStatus applies change to a copy of the status and writes it when
-// it differs, under the Workspace's resourceVersion.
+// writeStatus applies change to a copy of the status and patches what
+// differs. Only this controller writes the status, one reconcile per
+// Workspace at a time.
 func (c *Controller) writeStatus(ctx context.Context, ws *berthv1alpha1.Workspace, change func(*berthv1alpha1.WorkspaceStatus)) error {
 	st := ws.Status.DeepCopy()
 	change(st)
 	if equality.Semantic.DeepEqual(st, &ws.Status) {
 		return nil
 	}
+	patch := client.MergeFrom(ws.DeepCopy())
 	ws.Status = *st
-	if err := c.client.Status().Update(ctx, ws); err != nil {
+	if err := c.client.Status().Patch(ctx, ws, patch); err != nil {
 		return fmt.Errorf("update status of Workspace %s/%s: %w", ws.Namespace, ws.Name, err)
 	}
 	return nil

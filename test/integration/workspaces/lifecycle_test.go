@@ -80,6 +80,17 @@ func TestPodBecomesWorkspaceAndDeleteIsAStop(t *testing.T) {
 	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: ws.Status.PodName}, running))
 	assert.Equal(t, home, running.Spec.Volumes[0].PersistentVolumeClaim.ClaimName, "the same claim")
 	assert.Equal(t, "ide-scratch", running.Spec.Volumes[1].PersistentVolumeClaim.ClaimName, "the ephemeral volume's claim, kept")
+
+	// Stopped again, the workspace is started by a labelled Pod of its name,
+	// as the developer first made it.
+	setStarted(t, env, ns, "ide", false)
+	waitPhase(t, env, ns, "ide", berthv1alpha1.WorkspaceStopped, time.Minute)
+	again := testutil.Pod("ide").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+	mountClaim(again, home)
+	require.NoError(t, env.Client.Create(t.Context(), again))
+	ws = waitPhase(t, env, ns, "ide", berthv1alpha1.WorkspaceRunning, time.Minute)
+	assert.True(t, ws.Spec.Started, "a Pod made for a stopped workspace starts it")
+	assert.Equal(t, "ide", ws.Status.PodName)
 	assert.Equal(t, org.Name, running.Labels[berthv1alpha1.LabelOrg], "the new Pod went through berth's admission")
 	assert.Equal(t, "ide", running.Labels[berthv1alpha1.LabelWorkspace])
 	assert.Empty(t, ws.Status.StoppedBy)
