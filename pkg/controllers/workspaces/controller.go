@@ -155,7 +155,31 @@ func (c *Controller) Register(mgr ctrl.Manager) error {
 			CreateFunc: func(event.CreateEvent) bool { return false },
 			UpdateFunc: func(event.UpdateEvent) bool { return false },
 		})).
+		// A changed idleTimeout moves every deadline of the org.
+		Watches(&berthv1alpha1.Organization{}, handler.EnqueueRequestsFromMapFunc(c.orgWorkspaces),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(c)
+}
+
+// orgWorkspaces maps an Organization to its Workspaces.
+func (c *Controller) orgWorkspaces(ctx context.Context, org client.Object) []reconcile.Request {
+	namespaces, err := controllers.OrgNamespaces(ctx, c.client, org.GetName())
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list the namespaces of an Organization", "org", org.GetName())
+		return nil
+	}
+	var out []reconcile.Request
+	for _, ns := range namespaces {
+		var list berthv1alpha1.WorkspaceList
+		if err := c.client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "list the Workspaces of a namespace", "namespace", ns)
+			continue
+		}
+		for _, ws := range list.Items {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&ws)})
+		}
+	}
+	return out
 }
 
 // workspaceOf is the Workspace a Pod belongs to, or "".
@@ -314,6 +338,15 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 				}
 			}
 		}
+	}
+
+	if cur == nil && ws.Status.PodName == "" && len(live) == 1 {
+		// The status names no Pod, yet one runs: adopted, or started, just
+		// before its status was written. It is the current one.
+		if err := r.needFresh(); err != nil {
+			return ctrl.Result{}, err
+		}
+		cur = live[0]
 	}
 
 	// A Pod berth saw run has gone, or is going, without berth stopping

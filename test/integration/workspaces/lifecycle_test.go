@@ -302,3 +302,21 @@ func TestBurstOfWakesStartsEachOnce(t *testing.T) {
 	assert.Empty(t, deleted, "Pods deleted during the wakes")
 	assert.Len(t, pods(t, env, ns), n)
 }
+
+// A platform team that lowers an org's idleTimeout lowers it for the
+// workspaces already running, not only for those started after.
+func TestLoweredIdleTimeoutApplies(t *testing.T) {
+	t.Parallel()
+	env := setup(t)
+	org := testutil.Org("ws-lowered").Obj() // the default 30m
+	env.Create(t, org)
+	ns := env.Namespace(t, org.Name)
+	env.Create(t, workspace(ns, "ide", ""))
+	waitPhase(t, env, ns, "ide", berthv1alpha1.WorkspaceRunning, time.Minute)
+
+	patch := client.MergeFrom(org.DeepCopy())
+	org.Spec.IdleTimeout = &metav1.Duration{Duration: time.Minute}
+	require.NoError(t, env.Client.Patch(t.Context(), org, patch))
+	ws := waitPhase(t, env, ns, "ide", berthv1alpha1.WorkspaceStopped, 2*time.Minute)
+	assert.Equal(t, berthv1alpha1.StoppedIdle, ws.Status.StoppedBy)
+}
