@@ -29,7 +29,7 @@ func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.P
 		if err != nil {
 			return err
 		}
-		fmt.Println("starting berth-manager (webhooks, build queue, org status) ...")
+		fmt.Println("starting berth-manager (webhooks, build queue, org status, workspaces) ...")
 		err = c.StartComponent(ctx, "berth-manager", filepath.Join(bin, "berth-manager"),
 			"--kubeconfig", c.Kubeconfig(),
 			"--webhook-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[0]),

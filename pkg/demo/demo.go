@@ -2,7 +2,9 @@
 // reference load of docs/design.md as plain labelled Pods and Jobs, as
 // developers would, and reports where it landed, per pool, against the
 // bin-packing lower bound, with an hourly cost next to the same load placed
-// by the stock scheduler on on-demand nodes.
+// by the stock scheduler on on-demand nodes. Then the evening comes: berth
+// stops the idle workspaces, and the demo prints the nodes emptied and the
+// cost of a day.
 package demo
 
 import (
@@ -107,6 +109,9 @@ func Run(ctx context.Context, cl client.Client, o Options) error {
 	report(o.Out, "berth", berth)
 	fmt.Fprintf(o.Out, "\nhourly cost: berth $%.2f, stock on demand $%.2f: %.0f%% less\n",
 		berth.cost, stock.cost, 100*(1-berth.cost/stock.cost))
+	if err := day(ctx, cl, o, berth, stock); err != nil {
+		return err
+	}
 	if o.DatabaseURL != "" {
 		if err := usage(ctx, cl, o); err != nil {
 			return err
@@ -276,6 +281,9 @@ func waitBound(ctx context.Context, cl client.Client, ns string, n int) int {
 // clearNamespace deletes the namespace's Pods and Jobs and waits until they are gone.
 func clearNamespace(ctx context.Context, cl client.Client, ns string) error {
 	bg := client.PropagationPolicy("Background")
+	if err := cl.DeleteAllOf(ctx, &berthv1alpha1.Workspace{}, client.InNamespace(ns), bg); err != nil {
+		return fmt.Errorf("delete Workspaces in %s: %w", ns, err)
+	}
 	if err := cl.DeleteAllOf(ctx, &batchv1.Job{}, client.InNamespace(ns), bg); err != nil {
 		return fmt.Errorf("delete Jobs in %s: %w", ns, err)
 	}
