@@ -126,7 +126,8 @@ func NewClusterEnv(c *localcluster.Cluster, tools localcluster.Tools) (*ClusterE
 var nonName = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // Namespace creates a namespace unique to the test, labelled with the trusted
-// berth.dev/org label when org is not empty, and deletes it when the test ends.
+// berth.dev/org label when org is not empty, waits for its default
+// ServiceAccount, and deletes it when the test ends.
 func (e *ClusterEnv) Namespace(t testing.TB, org string) string {
 	t.Helper()
 	base := strings.Trim(nonName.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
@@ -144,6 +145,12 @@ func (e *ClusterEnv) Namespace(t testing.TB, org string) string {
 	}
 	t.Cleanup(func() {
 		_ = e.Client.Delete(context.Background(), ns)
+	})
+	// The API server refuses Pods until the namespace's default
+	// ServiceAccount exists, which the controller manager makes shortly.
+	Eventually(t, 30*time.Second, "the default ServiceAccount of namespace "+name, func(ctx context.Context) (bool, error) {
+		err := e.Client.Get(ctx, client.ObjectKey{Namespace: name, Name: "default"}, &corev1.ServiceAccount{})
+		return err == nil, client.IgnoreNotFound(err)
 	})
 	return name
 }
