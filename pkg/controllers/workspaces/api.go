@@ -130,7 +130,7 @@ func (a *API) act(ctx context.Context, ns, name, action string, at time.Time) (*
 			return ws, nil
 		}
 		ws.Spec.Started = true
-		// A new start: the last start's failure no longer says anything.
+		// The last stop's reason is spent.
 		delete(ws.Annotations, berthv1alpha1.AnnotationStopReason)
 	case "stop":
 		if !ws.Spec.Started {

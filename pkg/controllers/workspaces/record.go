@@ -198,6 +198,11 @@ func Activity(ws *berthv1alpha1.Workspace, pod *corev1.Pod, now time.Time) (time
 		}
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil || t.After(now.Add(MaxClockSkew)) {
+			// The value is the user's: quote at most a few bytes of it into
+			// berth's events and logs.
+			if len(v) > 40 {
+				v = v[:40] + "..."
+			}
 			bad = fmt.Errorf("annotation %s=%q on %s is not an RFC 3339 time no later than now, such as %s; the heartbeat is ignored until it is",
 				berthv1alpha1.AnnotationLastActivity, v, obj.GetName(), now.UTC().Format(time.RFC3339))
 			continue

@@ -1,6 +1,7 @@
 package workspaces
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -137,6 +138,11 @@ func TestActivity(t *testing.T) {
 	got, err = Activity(ws, nil, now)
 	require.NoError(t, err, "a clock a little ahead is fine")
 	assert.Equal(t, now.Add(30*time.Second), got)
+
+	ws.Annotations[berthv1alpha1.AnnotationLastActivity] = strings.Repeat("x", 100000)
+	_, err = Activity(ws, nil, now)
+	require.Error(t, err)
+	assert.Less(t, len(err.Error()), 400, "a huge annotation is not copied into events and logs")
 
 	ws.Annotations = nil
 	ws.Status.LastActivity = &metav1.Time{Time: t0.Add(90 * time.Minute)}
