@@ -2,6 +2,7 @@ package blob
 
 import (
 	"archive/zip"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -26,15 +28,25 @@ type Limits struct {
 	// MaxRatio caps one entry's uncompressed/compressed ratio, for entries
 	// above RatioMinBytes (default 1000; text compresses about 10x).
 	MaxRatio int64
+	// MaxTotalRatio caps the ratio of all entries' uncompressed size to
+	// the archive's size, for archives that unpack to more than
+	// TotalRatioMinBytes (default 200). It stops bombs made of many
+	// entries, each too small for MaxRatio.
+	MaxTotalRatio int64
 }
 
-// RatioMinBytes is the size below which an entry's compression ratio is
-// not checked: small runs of zeros are legitimate and harmless.
-const RatioMinBytes = 1 << 20
+const (
+	// RatioMinBytes is the size below which an entry's compression ratio
+	// is not checked: small runs of zeros are legitimate and harmless.
+	RatioMinBytes = 1 << 20
+	// TotalRatioMinBytes is the uncompressed size below which an archive's
+	// overall ratio is not checked, so a small archive of text is fine.
+	TotalRatioMinBytes = 16 << 20
+)
 
 // DefaultLimits are the limits fetch applies unless told otherwise.
 func DefaultLimits() Limits {
-	return Limits{MaxEntries: 100_000, MaxTotalBytes: 16 << 30, MaxFileBytes: 4 << 30, MaxRatio: 1000}
+	return Limits{MaxEntries: 100_000, MaxTotalBytes: 16 << 30, MaxFileBytes: 4 << 30, MaxRatio: 1000, MaxTotalRatio: 200}
 }
 
 func (l Limits) withDefaults() Limits {
@@ -50,6 +62,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxRatio <= 0 {
 		l.MaxRatio = d.MaxRatio
+	}
+	if l.MaxTotalRatio <= 0 {
+		l.MaxTotalRatio = d.MaxTotalRatio
 	}
 	return l
 }
@@ -81,17 +96,25 @@ type UnzipStats struct {
 
 // Unzip unpacks the zip archive r of size bytes into dest, refusing the
 // whole archive if any entry would land outside dest (zip-slip, absolute
-// paths, symlinks that escape), or if it breaks a limit (zip bombs). The
-// limits are checked on the archive's directory before anything is
-// written, and again on the bytes actually inflated. On an error dest may
-// hold part of the archive; nothing outside it is touched.
+// paths, paths through the archive's symlinks, symlinks that escape), or
+// if it is a zip bomb (a limit broken, entries sharing data). Names,
+// symlinks, overlaps and limits are checked before anything is written,
+// and the limits again on the bytes actually inflated. On an error dest
+// may hold part of the archive; nothing outside it is touched.
 func Unzip(ctx context.Context, r io.ReaderAt, size int64, dest string, l Limits) (UnzipStats, error) {
 	l = l.withDefaults()
 	zr, err := zip.NewReader(r, size)
 	if err != nil {
 		return UnzipStats{}, Permanent(fmt.Errorf("read archive: %w", err))
 	}
-	if err := checkArchive(zr, l); err != nil {
+	if err := checkArchive(zr, size, l); err != nil {
+		return UnzipStats{}, err
+	}
+	targets, err := readSymlinks(zr)
+	if err != nil {
+		return UnzipStats{}, err
+	}
+	if err := checkSymlinks(zr, targets); err != nil {
 		return UnzipStats{}, err
 	}
 	if err := os.MkdirAll(dest, 0o755); err != nil {
@@ -130,17 +153,18 @@ func Unzip(ctx context.Context, r io.ReaderAt, size int64, dest string, l Limits
 		}
 	}
 	for _, f := range links {
-		if err := extractSymlink(root, dest, f); err != nil {
+		if err := extractSymlink(root, f, targets[entryPath(f.Name)]); err != nil {
 			return st, err
 		}
 		st.Symlinks++
 	}
-	return st, checkSymlinks(dest, links)
+	return st, checkCreatedSymlinks(dest, links)
 }
 
 // checkArchive refuses, before anything is written, an archive whose
-// directory breaks a limit or names a path outside dest.
-func checkArchive(zr *zip.Reader, l Limits) error {
+// directory breaks a limit, names a path outside dest, or whose entries
+// share data.
+func checkArchive(zr *zip.Reader, size int64, l Limits) error {
 	if n := len(zr.File); n > l.MaxEntries {
 		return unsafeEntry("", "%d entries, above the limit of %d entries", n, l.MaxEntries)
 	}
@@ -160,6 +184,50 @@ func checkArchive(zr *zip.Reader, l Limits) error {
 		total += f.UncompressedSize64
 		if total > uint64(l.MaxTotalBytes) {
 			return unsafeEntry(f.Name, "brings the archive's uncompressed size to %d bytes, above the total limit of %d bytes", total, l.MaxTotalBytes)
+		}
+	}
+	if err := checkOverlaps(zr, size); err != nil {
+		return err
+	}
+	if total > TotalRatioMinBytes && total/uint64(size) > uint64(l.MaxTotalRatio) {
+		return unsafeEntry("", "%d bytes unpack to %d bytes, a ratio of %d:1 above the limit of %d:1 for the whole archive", size, total, total/uint64(size), l.MaxTotalRatio)
+	}
+	return nil
+}
+
+// localHeaderMinLen is the fixed part of a local file header, which
+// precedes an entry's name, extra field and data.
+const localHeaderMinLen = 30
+
+// checkOverlaps refuses entries that share bytes of the archive: a bomb
+// points many directory entries at one compressed stream, each small
+// enough for the per-entry limits. archive/zip does not expose where a
+// local header starts, only where its data does, so an entry's span is
+// taken from the fixed part of its header to the end of its data.
+func checkOverlaps(zr *zip.Reader, size int64) error {
+	type span struct {
+		start, data, end int64
+		f                *zip.File
+	}
+	spans := make([]span, 0, len(zr.File))
+	for _, f := range zr.File {
+		off, err := f.DataOffset()
+		if err != nil {
+			return unsafeEntry(f.Name, "has no readable local header: %v", err)
+		}
+		if off < localHeaderMinLen || off > size || f.CompressedSize64 > uint64(size-off) {
+			return unsafeEntry(f.Name, "has %d bytes of data at offset %d, past the end of the archive of %d bytes", f.CompressedSize64, off, size)
+		}
+		spans = append(spans, span{off - localHeaderMinLen, off, off + int64(f.CompressedSize64), f})
+	}
+	slices.SortStableFunc(spans, func(a, b span) int { return cmp.Compare(a.start, b.start) })
+	var last span // the span reaching furthest so far
+	for i, s := range spans {
+		if i > 0 && s.start < last.end {
+			return unsafeEntry(s.f.Name, "overlaps entry %q in the archive (its data is at offset %d); entries that share bytes are a zip bomb", last.f.Name, s.data)
+		}
+		if s.end > last.end {
+			last = s
 		}
 	}
 	return nil
@@ -232,28 +300,10 @@ func extractFile(root *os.Root, f *zip.File, name string, l Limits, before int64
 	return n, nil
 }
 
-// extractSymlink creates a symlink whose target, relative, stays inside
-// dest as written.
-func extractSymlink(root *os.Root, dest string, f *zip.File) error {
-	rc, err := f.Open()
-	if err != nil {
-		return unsafeEntry(f.Name, "cannot be read: %v", err)
-	}
-	b, err := io.ReadAll(io.LimitReader(rc, 4097))
-	rc.Close()
-	if err != nil {
-		return unsafeEntry(f.Name, "cannot be read: %v", err)
-	}
-	target := string(b)
+// extractSymlink creates the symlink f, whose target readSymlinks and
+// checkSymlinks have accepted.
+func extractSymlink(root *os.Root, f *zip.File, target string) error {
 	name := strings.TrimSuffix(f.Name, "/")
-	switch {
-	case len(b) > 4096 || target == "":
-		return unsafeEntry(f.Name, "symlink target is empty or longer than 4096 bytes")
-	case strings.HasPrefix(target, "/") || filepath.IsAbs(target):
-		return unsafeEntry(f.Name, "symlink to absolute path %q escapes the destination", target)
-	case !inside(path.Join(path.Dir(name), target)):
-		return unsafeEntry(f.Name, "symlink to %q escapes the destination", target)
-	}
 	if dir := path.Dir(name); dir != "." {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
 			return unsafeEntry(f.Name, "cannot create its directory: %v", err)
@@ -275,10 +325,152 @@ func inside(p string) bool {
 	return p != ".." && !strings.HasPrefix(p, "../")
 }
 
-// checkSymlinks resolves every symlink once all exist: a chain of links,
-// each harmless as written, must not lead out of dest either. An escaping
-// link is removed.
-func checkSymlinks(dest string, links []*zip.File) error {
+// maxSymlinkTarget is the longest symlink target accepted, PATH_MAX on
+// Linux.
+const maxSymlinkTarget = 4096
+
+// readSymlinks reads every symlink's target before anything is written,
+// keyed by the link's path, and refuses targets that are empty, too long,
+// absolute or that leave dest as written.
+func readSymlinks(zr *zip.Reader) (map[string]string, error) {
+	targets := map[string]string{}
+	for _, f := range zr.File {
+		if f.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		p := entryPath(f.Name)
+		if _, ok := targets[p]; ok {
+			return nil, unsafeEntry(f.Name, "appears twice in the archive, or over a directory")
+		}
+		rc, err := f.Open()
+		if err != nil {
+			return nil, unsafeEntry(f.Name, "cannot be read: %v", err)
+		}
+		b, err := io.ReadAll(io.LimitReader(rc, maxSymlinkTarget+1))
+		rc.Close()
+		if err != nil {
+			return nil, unsafeEntry(f.Name, "cannot be read: %v", err)
+		}
+		target := string(b)
+		switch {
+		case len(b) > maxSymlinkTarget || target == "":
+			return nil, unsafeEntry(f.Name, "symlink target is empty or longer than %d bytes", maxSymlinkTarget)
+		case strings.HasPrefix(target, "/") || filepath.IsAbs(target):
+			return nil, unsafeEntry(f.Name, "symlink to absolute path %q escapes the destination", target)
+		case !inside(path.Join(path.Dir(p), target)):
+			return nil, unsafeEntry(f.Name, "symlink to %q escapes the destination", target)
+		}
+		targets[p] = target
+	}
+	return targets, nil
+}
+
+// entryPath is an entry's path relative to dest, as compared with the
+// archive's symlinks: no trailing slash, no "." or empty components.
+func entryPath(name string) string {
+	return path.Clean(strings.TrimSuffix(name, "/"))
+}
+
+// checkSymlinks applies two rules, before anything is written, to an
+// archive whose symlinks have the given targets:
+//   - no entry's path goes through a symlink of the archive, so nothing is
+//     written, nor linked, through one;
+//   - no symlink leads outside dest once its target is resolved lexically
+//     and through the archive's other symlinks, even if it dangles.
+func checkSymlinks(zr *zip.Reader, targets map[string]string) error {
+	if len(targets) == 0 {
+		return nil
+	}
+	for _, f := range zr.File {
+		p := entryPath(f.Name)
+		for i := range len(p) {
+			if p[i] != '/' {
+				continue
+			}
+			if _, ok := targets[p[:i]]; ok {
+				return unsafeEntry(f.Name, "its path goes through %q, a symlink in the archive; store it under the path the link points to", p[:i])
+			}
+		}
+	}
+	r := symlinkResolver{targets: targets, resolved: map[string]string{}}
+	for _, f := range zr.File {
+		if f.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		p := entryPath(f.Name)
+		switch _, err := r.resolve(p, 0); {
+		case errors.Is(err, errSymlinkLeaves):
+			return unsafeEntry(f.Name, "symlink to %q resolves, through the archive's symlinks, outside the destination", targets[p])
+		case errors.Is(err, errSymlinkDepth):
+			return unsafeEntry(f.Name, "symlink to %q goes through more than %d nested symlinks, or loops", targets[p], maxSymlinkDepth)
+		}
+	}
+	return nil
+}
+
+// maxSymlinkDepth is how deep symlinks may nest, as on Linux.
+const maxSymlinkDepth = 40
+
+var (
+	errSymlinkLeaves = errors.New("symlink leads outside the destination")
+	errSymlinkDepth  = errors.New("symlinks nest too deep")
+)
+
+// symlinkResolver follows the archive's symlinks on their paths alone, so
+// a link is judged by where it leads whether or not that exists.
+type symlinkResolver struct {
+	targets  map[string]string // link path -> target as written
+	resolved map[string]string // link path -> where it leads, "" for dest
+}
+
+// resolve returns where the link at p leads, relative to dest, following
+// the other links it goes through. Targets are relative: readSymlinks
+// refuses the others.
+func (r *symlinkResolver) resolve(p string, depth int) (string, error) {
+	if to, ok := r.resolved[p]; ok {
+		return to, nil
+	}
+	if depth > maxSymlinkDepth {
+		return "", errSymlinkDepth
+	}
+	cur := path.Dir(p)
+	if cur == "." {
+		cur = ""
+	}
+	for _, part := range strings.Split(r.targets[p], "/") {
+		switch part {
+		case "", ".":
+		case "..":
+			if cur == "" {
+				return "", errSymlinkLeaves
+			}
+			if i := strings.LastIndexByte(cur, '/'); i >= 0 {
+				cur = cur[:i]
+			} else {
+				cur = ""
+			}
+		default:
+			if cur != "" {
+				cur += "/"
+			}
+			cur += part
+			if _, ok := r.targets[cur]; ok {
+				to, err := r.resolve(cur, depth+1)
+				if err != nil {
+					return "", err
+				}
+				cur = to
+			}
+		}
+	}
+	r.resolved[p] = cur
+	return cur, nil
+}
+
+// checkCreatedSymlinks resolves every symlink once all exist, in case dest
+// held links of its own: a chain of links must not lead out of dest. An
+// escaping link is removed.
+func checkCreatedSymlinks(dest string, links []*zip.File) error {
 	if len(links) == 0 {
 		return nil
 	}

@@ -3,10 +3,14 @@ package blob_test
 import (
 	"archive/zip"
 	"bytes"
+	"compress/flate"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -150,6 +154,31 @@ func TestUnzipRefusesMaliciousArchives(t *testing.T) {
 			{name: "l", body: ".", mode: fs.ModeSymlink | 0o777},
 			{name: "l", body: "again"},
 		}, "appears twice"},
+		{"symlink through symlink", []entry{
+			{name: "a/", mode: fs.ModeDir | 0o755},
+			{name: "a/b", body: "..", mode: fs.ModeSymlink | 0o777},
+			{name: "a/b/c", body: "../x", mode: fs.ModeSymlink | 0o777},
+		}, `entry "a/b/c": its path goes through "a/b", a symlink in the archive`},
+		{"file through symlink", []entry{
+			{name: "d/", mode: fs.ModeDir | 0o755},
+			{name: "d/up", body: "..", mode: fs.ModeSymlink | 0o777},
+			{name: "d/up/evil.sh", body: "x"},
+		}, `entry "d/up/evil.sh": its path goes through "d/up", a symlink in the archive`},
+		{"dangling symlink through symlink", []entry{
+			{name: "a/", mode: fs.ModeDir | 0o755},
+			{name: "a/up", body: "..", mode: fs.ModeSymlink | 0o777},
+			{name: "l", body: "a/up/../x", mode: fs.ModeSymlink | 0o777},
+		}, `entry "l": symlink to "a/up/../x" resolves, through the archive's symlinks, outside the destination`},
+		{"dangling symlink through a chain", []entry{
+			{name: "a/", mode: fs.ModeDir | 0o755},
+			{name: "a/up", body: "..", mode: fs.ModeSymlink | 0o777},
+			{name: "p", body: "a/up", mode: fs.ModeSymlink | 0o777},
+			{name: "l", body: "p/../x", mode: fs.ModeSymlink | 0o777},
+		}, `entry "l": symlink to "p/../x" resolves, through the archive's symlinks, outside the destination`},
+		{"symlink loop", []entry{
+			{name: "x", body: "y/z", mode: fs.ModeSymlink | 0o777},
+			{name: "y", body: "x", mode: fs.ModeSymlink | 0o777},
+		}, `entry "x": symlink to "y/z" goes through more than 40 nested symlinks, or loops`},
 		{"too many entries", many, "11 entries, above the limit of 10 entries"},
 		{"file too big", []entry{{name: "big", size: 5 << 20, store: true}}, `entry "big": uncompressed size 5242880 bytes is above the per-file limit of 4194304 bytes`},
 		{"total too big", []entry{{name: "a", size: 3 << 20, store: true}, {name: "b", size: 3 << 20, store: true}, {name: "c", size: 3 << 20, store: true}}, `entry "c": brings the archive's uncompressed size to 9437184 bytes, above the total limit of 8388608 bytes`},
@@ -176,4 +205,211 @@ func TestUnzipRefusesMaliciousArchives(t *testing.T) {
 			assert.True(t, errors.Is(statErr, fs.ErrNotExist))
 		})
 	}
+}
+
+// TestUnzipKeepsSafeSymlinkChains checks links to links, and links through
+// links, unpack when they stay inside the destination.
+func TestUnzipKeepsSafeSymlinkChains(t *testing.T) {
+	dest := filepath.Join(t.TempDir(), "src")
+	b := archive(t,
+		entry{name: "v1/", mode: fs.ModeDir | 0o755},
+		entry{name: "v1/a.txt", body: "one"},
+		entry{name: "current", body: "v1", mode: fs.ModeSymlink | 0o777},
+		entry{name: "latest", body: "./current", mode: fs.ModeSymlink | 0o777},
+		entry{name: "docs/a", body: "../latest/a.txt", mode: fs.ModeSymlink | 0o777},
+		entry{name: "docs/top", body: "../current/..", mode: fs.ModeSymlink | 0o777},
+	)
+	st, err := unzipBytes(t, b, dest, blob.Limits{})
+	require.NoError(t, err)
+	assert.Equal(t, blob.UnzipStats{Files: 1, Dirs: 1, Symlinks: 4, Bytes: 3}, st)
+	got, err := os.ReadFile(filepath.Join(dest, "docs", "top", "docs", "a"))
+	require.NoError(t, err)
+	assert.Equal(t, "one", string(got))
+}
+
+// TestUnzipRefusesOverlappingEntries checks entries that share compressed
+// data are refused before anything is written, whatever their sizes.
+func TestUnzipRefusesOverlappingEntries(t *testing.T) {
+	cases := []struct {
+		name string
+		zip  []byte
+		want string
+	}{
+		{
+			// 2,048 entries of 1 MiB each, just small enough for the
+			// per-entry ratio check: 2 GiB from about 100 KiB.
+			name: "entries share one stream",
+			zip:  sharedStreamBomb(t, 2048, blob.RatioMinBytes),
+			want: `entry "1": overlaps entry "0" in the archive (its data is at offset 31)`,
+		},
+		{
+			name: "entry inside another",
+			zip:  nestedEntry(t),
+			want: `entry "b": overlaps entry "a" in the archive (its data is at offset 62)`,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "src")
+			_, err := unzipBytes(t, tc.zip, dest, blob.Limits{})
+			var ue *blob.UnsafeArchiveError
+			require.True(t, errors.As(err, &ue), "error %v is an UnsafeArchiveError", err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), "entries that share bytes are a zip bomb")
+			_, statErr := os.Stat(dest)
+			assert.True(t, errors.Is(statErr, fs.ErrNotExist), "nothing is written")
+		})
+	}
+	assert.Less(t, len(cases[0].zip), 128<<10, "the bomb is small")
+}
+
+// TestUnzipTotalRatio checks the ratio of the whole archive is capped once
+// it unpacks to more than TotalRatioMinBytes, for bombs made of many
+// entries each too small for the per-entry ratio.
+func TestUnzipTotalRatio(t *testing.T) {
+	cases := []struct {
+		name    string
+		entries int
+		limits  blob.Limits
+		want    string
+	}{
+		{name: "24 MiB of zeros", entries: 24, want: "a ratio of 9"},
+		{name: "under the floor", entries: 15},
+		{name: "limit raised", entries: 24, limits: blob.Limits{MaxTotalRatio: 2000}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "src")
+			st, err := unzipBytes(t, zeroEntries(t, tc.entries, blob.RatioMinBytes), dest, tc.limits)
+			if tc.want == "" {
+				require.NoError(t, err)
+				assert.Equal(t, int64(tc.entries)*blob.RatioMinBytes, st.Bytes)
+				return
+			}
+			var ue *blob.UnsafeArchiveError
+			require.True(t, errors.As(err, &ue), "error %v is an UnsafeArchiveError", err)
+			assert.Contains(t, err.Error(), "unsafe archive refused: ")
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), "above the limit of 200:1 for the whole archive")
+			_, statErr := os.Stat(dest)
+			assert.True(t, errors.Is(statErr, fs.ErrNotExist), "nothing is written")
+		})
+	}
+}
+
+// deflated is size zero bytes, deflated, and their CRC-32.
+func deflated(t testing.TB, size int) ([]byte, uint32) {
+	t.Helper()
+	var buf bytes.Buffer
+	fw, err := flate.NewWriter(&buf, flate.BestCompression)
+	require.NoError(t, err)
+	zeros := make([]byte, size)
+	_, err = fw.Write(zeros)
+	require.NoError(t, err)
+	require.NoError(t, fw.Close())
+	return buf.Bytes(), crc32.ChecksumIEEE(zeros)
+}
+
+// zeroEntries is a zip of n entries, each of size zero bytes, each with
+// its own copy of the compressed data.
+func zeroEntries(t testing.TB, n, size int) []byte {
+	t.Helper()
+	data, sum := deflated(t, size)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for i := range n {
+		w, err := zw.CreateRaw(&zip.FileHeader{
+			Name: strconv.Itoa(i), Method: zip.Deflate, CRC32: sum,
+			CompressedSize64: uint64(len(data)), UncompressedSize64: uint64(size),
+		})
+		require.NoError(t, err)
+		_, err = w.Write(data)
+		require.NoError(t, err)
+	}
+	require.NoError(t, zw.Close())
+	return buf.Bytes()
+}
+
+// sharedStreamBomb is a zip of one local file of size zero bytes, and n
+// directory entries that all point at it.
+func sharedStreamBomb(t testing.TB, n, size int) []byte {
+	t.Helper()
+	data, sum := deflated(t, size)
+	var z rawZip
+	z.Write(localHeader("0", zip.Deflate, sum, len(data), size))
+	z.Write(data)
+	for i := range n {
+		z.central(strconv.Itoa(i), zip.Deflate, sum, len(data), size, 0)
+	}
+	return z.finish()
+}
+
+// nestedEntry is a zip whose stored entry "a" holds the local header and
+// data of entry "b", both in the directory.
+func nestedEntry(t testing.TB) []byte {
+	t.Helper()
+	inner := []byte("inner")
+	b := append(localHeader("b", zip.Store, crc32.ChecksumIEEE(inner), len(inner), len(inner)), inner...)
+	var z rawZip
+	z.Write(localHeader("a", zip.Store, crc32.ChecksumIEEE(b), len(b), len(b)))
+	z.Write(b)
+	z.central("a", zip.Store, crc32.ChecksumIEEE(b), len(b), len(b), 0)
+	z.central("b", zip.Store, crc32.ChecksumIEEE(inner), len(inner), len(inner), 30+len("a"))
+	return z.finish()
+}
+
+// rawZip writes zip structures by hand, for archives archive/zip will not
+// write: local files go in the buffer, directory entries, free to point
+// anywhere, are added by finish.
+type rawZip struct {
+	bytes.Buffer
+	dir bytes.Buffer
+	n   int
+}
+
+func localHeader(name string, method uint16, crc uint32, csize, usize int) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 0x04034b50)
+	b = binary.LittleEndian.AppendUint16(b, 20) // version needed
+	b = binary.LittleEndian.AppendUint16(b, 0)  // flags
+	b = binary.LittleEndian.AppendUint16(b, method)
+	b = binary.LittleEndian.AppendUint32(b, 0) // time and date
+	b = binary.LittleEndian.AppendUint32(b, crc)
+	b = binary.LittleEndian.AppendUint32(b, uint32(csize))
+	b = binary.LittleEndian.AppendUint32(b, uint32(usize))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(name)))
+	b = binary.LittleEndian.AppendUint16(b, 0) // extra
+	return append(b, name...)
+}
+
+func (z *rawZip) central(name string, method uint16, crc uint32, csize, usize, offset int) {
+	b := binary.LittleEndian.AppendUint32(nil, 0x02014b50)
+	b = binary.LittleEndian.AppendUint16(b, 20) // version made by: FAT
+	b = binary.LittleEndian.AppendUint16(b, 20) // version needed
+	b = binary.LittleEndian.AppendUint16(b, 0)  // flags
+	b = binary.LittleEndian.AppendUint16(b, method)
+	b = binary.LittleEndian.AppendUint32(b, 0) // time and date
+	b = binary.LittleEndian.AppendUint32(b, crc)
+	b = binary.LittleEndian.AppendUint32(b, uint32(csize))
+	b = binary.LittleEndian.AppendUint32(b, uint32(usize))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(name)))
+	b = binary.LittleEndian.AppendUint64(b, 0) // extra, comment, disk, internal attributes
+	b = binary.LittleEndian.AppendUint32(b, 0) // external attributes
+	b = binary.LittleEndian.AppendUint32(b, uint32(offset))
+	z.dir.Write(append(b, name...))
+	z.n++
+}
+
+// finish appends the directory and its end record.
+func (z *rawZip) finish() []byte {
+	start := z.Len()
+	z.Write(z.dir.Bytes())
+	b := binary.LittleEndian.AppendUint32(nil, 0x06054b50)
+	b = binary.LittleEndian.AppendUint32(b, 0) // disk numbers
+	b = binary.LittleEndian.AppendUint16(b, uint16(z.n))
+	b = binary.LittleEndian.AppendUint16(b, uint16(z.n))
+	b = binary.LittleEndian.AppendUint32(b, uint32(z.dir.Len()))
+	b = binary.LittleEndian.AppendUint32(b, uint32(start))
+	b = binary.LittleEndian.AppendUint16(b, 0) // comment
+	z.Write(b)
+	return z.Bytes()
 }
