@@ -2,8 +2,11 @@ package webhooks
 
 import (
 	"fmt"
+	"os"
 	"regexp"
 	"slices"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -12,6 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/blob"
 )
 
 // DefaultBlobImage is the berth-blob image injected into builds.
@@ -35,9 +39,19 @@ const (
 	// SourceDir is where the sources are unzipped, and the build
 	// container's working dir unless it sets one.
 	SourceDir = ScratchMountPath + "/src"
-	// EnvBlobConnectionString carries the org's connection string, when it
-	// names a Secret.
+	// EnvBlobConnectionString carries the org's connection string, with
+	// Config.BlobCredentialsInPods only.
 	EnvBlobConnectionString = "BERTH_BLOB_CONNECTION_STRING"
+	// EnvBlobManagerCA carries the PEM of berth-manager's CA.
+	EnvBlobManagerCA = "BERTH_BLOB_MANAGER_CA"
+	// BlobTokenVolume is the projected ServiceAccount token berth-blob
+	// shows berth-manager, audience blob.TokenAudience, bound to the Pod.
+	BlobTokenVolume = "berth-blob-token"
+	// BlobTokenDir is where BlobTokenVolume is mounted: the token is
+	// BlobTokenDir/token, blob.DefaultTokenFile.
+	BlobTokenDir = "/var/run/secrets/berth.dev/blob"
+	// BlobTokenSeconds is the token's life; the kubelet renews it at 80%.
+	BlobTokenSeconds = 3600
 )
 
 // projectValue is a project id usable in blob names: a label value that is
@@ -74,26 +88,109 @@ func injectBlob(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 		spec.InitContainers = slices.DeleteFunc(spec.InitContainers, func(c corev1.Container) bool {
 			return c.Name == BlobInstallContainer || c.Name == BlobFetchContainer
 		})
-		spec.InitContainers = append(blobInitContainers(project, bs, t.Config.blobImage()), spec.InitContainers...)
+		spec.InitContainers = append(blobInitContainers(project, bs, t.Config), spec.InitContainers...)
 	}
 
 	main := &spec.Containers[0]
 	if !isBlobRun(main.Command) {
-		main.Command = append(blobArgs(BlobPath, "run", project, bs,
+		main.Command = append(blobArgs(BlobPath, "run", project, bs, t.Config,
 			"--projects-container="+bs.ProjectsContainer, "--artifacts-container="+bs.ArtifactsContainer, "--"), main.Command...)
 	}
 	if main.WorkingDir == "" {
 		main.WorkingDir = SourceDir
 	}
 	addMount(main, corev1.VolumeMount{Name: BlobVolume, MountPath: BlobDir, ReadOnly: true})
-	if env := blobCredentialsEnv(bs); env != nil {
-		// berth's value wins, in place, so a second pass changes nothing.
-		if i := slices.IndexFunc(main.Env, func(e corev1.EnvVar) bool { return e.Name == env.Name }); i >= 0 {
-			main.Env[i] = *env
-		} else {
-			main.Env = append(main.Env, *env)
-		}
+	for _, env := range blobEnv(bs, t.Config) {
+		setEnv(main, env)
 	}
+	if !t.Config.BlobCredentialsInPods {
+		// berth's token volume replaces one of the same name: its
+		// audience and binding are what berth-manager trusts.
+		if i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == BlobTokenVolume }); i >= 0 {
+			spec.Volumes[i] = blobTokenVolume()
+		} else {
+			spec.Volumes = append(spec.Volumes, blobTokenVolume())
+		}
+		setMount(main, blobTokenMount())
+	}
+}
+
+// setEnv sets env on c; berth's value wins, in place, so a second pass
+// changes nothing.
+func setEnv(c *corev1.Container, env corev1.EnvVar) {
+	if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env.Name }); i >= 0 {
+		c.Env[i] = env
+	} else {
+		c.Env = append(c.Env, env)
+	}
+}
+
+// setMount mounts m into c, in place of whatever mounts its volume or its
+// path.
+func setMount(c *corev1.Container, m corev1.VolumeMount) {
+	same := func(x corev1.VolumeMount) bool { return x.MountPath == m.MountPath || x.Name == m.Name }
+	i := slices.IndexFunc(c.VolumeMounts, same)
+	if i < 0 {
+		c.VolumeMounts = append(c.VolumeMounts, m)
+		return
+	}
+	c.VolumeMounts[i] = m
+	c.VolumeMounts = append(c.VolumeMounts[:i+1], slices.DeleteFunc(c.VolumeMounts[i+1:], same)...)
+}
+
+// blobTokenVolume is the Pod's token for berth-manager.
+func blobTokenVolume() corev1.Volume {
+	return corev1.Volume{Name: BlobTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: blob.TokenAudience, ExpirationSeconds: ptr.To[int64](BlobTokenSeconds), Path: "token",
+		}}},
+	}}}
+}
+
+func blobTokenMount() corev1.VolumeMount {
+	return corev1.VolumeMount{Name: BlobTokenVolume, MountPath: BlobTokenDir, ReadOnly: true}
+}
+
+// blobEnv is what the fetch and build containers need to reach the
+// blobs: berth-manager's CA, or with BlobCredentialsInPods the org's
+// connection string.
+func blobEnv(bs berthv1alpha1.BlobSettings, c Config) []corev1.EnvVar {
+	if c.BlobCredentialsInPods {
+		if env := blobCredentialsEnv(bs); env != nil {
+			return []corev1.EnvVar{*env}
+		}
+		return nil
+	}
+	if ca := managerCA.read(c.BlobManagerCAFile); len(ca) > 0 {
+		return []corev1.EnvVar{{Name: EnvBlobManagerCA, Value: string(ca)}}
+	}
+	return nil
+}
+
+// managerCA keeps the CA file's content, read again at most every
+// minute: the certificate rotator may replace it.
+var managerCA caCache
+
+type caCache struct {
+	mu     sync.Mutex
+	path   string
+	data   []byte
+	readAt time.Time
+}
+
+func (c *caCache) read(path string) []byte {
+	if path == "" {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.path != path || time.Since(c.readAt) > time.Minute {
+		if b, err := os.ReadFile(path); err == nil || c.path != path {
+			c.data = b
+		}
+		c.path, c.readAt = path, time.Now()
+	}
+	return c.data
 }
 
 // blobSettings fills in the defaults the API server writes, for objects
@@ -121,11 +218,16 @@ func (c Config) blobImage() string {
 
 // blobArgs is a berth-blob command line with the flags every subcommand
 // takes.
-func blobArgs(bin, sub, project string, bs berthv1alpha1.BlobSettings, more ...string) []string {
-	return append([]string{bin, sub, "--project=" + project, "--account-url=" + bs.AccountURL}, more...)
+func blobArgs(bin, sub, project string, bs berthv1alpha1.BlobSettings, c Config, more ...string) []string {
+	where := "--manager-url=" + c.BlobManagerURL
+	if c.BlobCredentialsInPods {
+		where = "--account-url=" + bs.AccountURL
+	}
+	return append([]string{bin, sub, "--project=" + project, where}, more...)
 }
 
-func blobInitContainers(project string, bs berthv1alpha1.BlobSettings, image string) []corev1.Container {
+func blobInitContainers(project string, bs berthv1alpha1.BlobSettings, c Config) []corev1.Container {
+	image := c.blobImage()
 	install := corev1.Container{
 		Name:            BlobInstallContainer,
 		Image:           image,
@@ -136,13 +238,14 @@ func blobInitContainers(project string, bs berthv1alpha1.BlobSettings, image str
 	fetch := corev1.Container{
 		Name:  BlobFetchContainer,
 		Image: image,
-		Command: blobArgs(BlobImageBinary, "fetch", project, bs,
+		Command: blobArgs(BlobImageBinary, "fetch", project, bs, c,
 			"--uploads-container="+bs.UploadsContainer, "--dest="+SourceDir),
 		VolumeMounts:    []corev1.VolumeMount{{Name: ScratchVolume, MountPath: ScratchMountPath}},
+		Env:             blobEnv(bs, c),
 		SecurityContext: blobSecurityContext(),
 	}
-	if env := blobCredentialsEnv(bs); env != nil {
-		fetch.Env = []corev1.EnvVar{*env}
+	if !c.BlobCredentialsInPods {
+		fetch.VolumeMounts = append(fetch.VolumeMounts, blobTokenMount())
 	}
 	return []corev1.Container{install, fetch}
 }

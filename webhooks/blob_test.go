@@ -22,6 +22,7 @@ var blobSettings = berthv1alpha1.BlobSettings{
 func blobTarget(t *testing.T) webhooks.Target {
 	tgt := target(t, build, testOrg().Blob(blobSettings).Obj())
 	tgt.Config.BlobImage = "example.com/berth-blob:test"
+	tgt.Config.BlobManagerURL = "https://berth-webhook.berth-system.svc"
 	return tgt
 }
 
@@ -36,21 +37,39 @@ func TestMutatePodInjectsBlob(t *testing.T) {
 	assert.Equal(t, "example.com/berth-blob:test", install.Image)
 	assert.Equal(t, []string{"/berth-blob", "copy-self", "/berth/bin/berth-blob"}, install.Command)
 	assert.Equal(t, webhooks.BlobFetchContainer, fetch.Name)
-	assert.Equal(t, []string{"/berth-blob", "fetch", "--project=shop", "--account-url=https://acct.blob.core.windows.net",
+	assert.Equal(t, []string{"/berth-blob", "fetch", "--project=shop", "--manager-url=https://berth-webhook.berth-system.svc",
 		"--uploads-container=uploads", "--dest=/workspace/src"}, fetch.Command)
 
 	main := got.Spec.Containers[0]
-	assert.Equal(t, []string{"/berth/bin/berth-blob", "run", "--project=shop", "--account-url=https://acct.blob.core.windows.net",
+	assert.Equal(t, []string{"/berth/bin/berth-blob", "run", "--project=shop", "--manager-url=https://berth-webhook.berth-system.svc",
 		"--projects-container=projects", "--artifacts-container=artifacts", "--", "mvn", "-B", "package"}, main.Command)
 	assert.Equal(t, []string{"-DskipTests"}, main.Args, "args still follow the command")
 	assert.Equal(t, "/workspace/src", main.WorkingDir)
 	assert.Contains(t, main.VolumeMounts, corev1.VolumeMount{Name: webhooks.BlobVolume, MountPath: webhooks.BlobDir, ReadOnly: true})
 	assert.Contains(t, main.VolumeMounts, corev1.VolumeMount{Name: webhooks.ScratchVolume, MountPath: webhooks.ScratchMountPath})
 	assert.Contains(t, fetch.VolumeMounts, corev1.VolumeMount{Name: webhooks.ScratchVolume, MountPath: webhooks.ScratchMountPath})
-	secretEnv := corev1.EnvVar{Name: webhooks.EnvBlobConnectionString, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-		LocalObjectReference: corev1.LocalObjectReference{Name: "blob-dev"}, Key: "connectionString"}}}
-	assert.Contains(t, main.Env, secretEnv)
-	assert.Contains(t, fetch.Env, secretEnv)
+	// No credential: the Pod's own token, for berth-manager only.
+	token := corev1.VolumeMount{Name: webhooks.BlobTokenVolume, MountPath: webhooks.BlobTokenDir, ReadOnly: true}
+	assert.Contains(t, main.VolumeMounts, token)
+	assert.Contains(t, fetch.VolumeMounts, token)
+	assert.Equal(t, blob.DefaultTokenFile, webhooks.BlobTokenDir+"/token")
+	var vol *corev1.Volume
+	for i := range got.Spec.Volumes {
+		if got.Spec.Volumes[i].Name == webhooks.BlobTokenVolume {
+			vol = &got.Spec.Volumes[i]
+		}
+	}
+	require.NotNil(t, vol)
+	require.Len(t, vol.Projected.Sources, 1)
+	sat := vol.Projected.Sources[0].ServiceAccountToken
+	assert.Equal(t, blob.TokenAudience, sat.Audience)
+	assert.Equal(t, "token", sat.Path)
+	for _, c := range append(got.Spec.InitContainers, main) {
+		for _, e := range c.Env {
+			assert.NotEqual(t, webhooks.EnvBlobConnectionString, e.Name, c.Name)
+			assert.Nil(t, e.ValueFrom, "%s gets nothing from a Secret", c.Name)
+		}
+	}
 
 	// Restricted on every injected container, and the class defaults too.
 	for _, c := range got.Spec.InitContainers {
@@ -64,6 +83,38 @@ func TestMutatePodInjectsBlob(t *testing.T) {
 		assert.Equal(t, map[corev1.ResourceName]string{cpu: "2", mem: "4Gi"}, quantities(c.Resources.Requests), c.Name)
 	}
 	assert.Empty(t, webhooks.ValidatePod(&got.ObjectMeta, &got.Spec, withProject(blobTarget(t), "shop"), field.NewPath("spec")))
+}
+
+func TestMutatePodPassesTheSecretOnlyWithCredentialsInPods(t *testing.T) {
+	pod := testutil.Pod("b").Class(build).Project("shop").Command("mvn", "-B", "package").Obj()
+	tgt := blobTarget(t)
+	tgt.Config.BlobCredentialsInPods = true
+	got := mutate(t, pod, tgt)
+	fetch, main := got.Spec.InitContainers[1], got.Spec.Containers[0]
+	assert.Equal(t, []string{"/berth/bin/berth-blob", "run", "--project=shop", "--account-url=https://acct.blob.core.windows.net",
+		"--projects-container=projects", "--artifacts-container=artifacts", "--", "mvn", "-B", "package"}, main.Command)
+	secretEnv := corev1.EnvVar{Name: webhooks.EnvBlobConnectionString, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "blob-dev"}, Key: "connectionString"}}}
+	assert.Contains(t, main.Env, secretEnv)
+	assert.Contains(t, fetch.Env, secretEnv)
+	for _, v := range got.Spec.Volumes {
+		assert.NotEqual(t, webhooks.BlobTokenVolume, v.Name)
+	}
+}
+
+func TestMutatePodReplacesAUserVolumeNamedLikeTheToken(t *testing.T) {
+	pod := testutil.Pod("b").Class(build).Project("shop").Command("make").Obj()
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: webhooks.BlobTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "https://kubernetes.default.svc", Path: "token"}}}}}})
+	got := mutate(t, pod, blobTarget(t))
+	n := 0
+	for _, v := range got.Spec.Volumes {
+		if v.Name == webhooks.BlobTokenVolume {
+			n++
+			assert.Equal(t, blob.TokenAudience, v.Projected.Sources[0].ServiceAccountToken.Audience)
+		}
+	}
+	assert.Equal(t, 1, n)
 }
 
 func withProject(t webhooks.Target, p string) webhooks.Target {

@@ -35,6 +35,19 @@ type Config struct {
 	// BlobImage is the berth-blob image injected into builds of a project
 	// (default DefaultBlobImage).
 	BlobImage string
+	// BlobManagerURL is where berth-blob in a build Pod asks berth-manager
+	// for its blob URLs, proving who it is with the Pod's projected token.
+	BlobManagerURL string
+	// BlobManagerCAFile is the PEM of the CA berth-manager's serving
+	// certificate is signed by, passed to build Pods; empty trusts the
+	// system's roots.
+	BlobManagerCAFile string
+	// BlobCredentialsInPods passes the org's connection-string Secret, from
+	// the build's own namespace, into its Pods instead: the data path as it
+	// was before berth-manager held the credential. For local development
+	// only: any build could then read and overwrite every blob of the
+	// account.
+	BlobCredentialsInPods bool
 	// WorkspaceNodeLossSeconds is how long a workspace stays bound to a
 	// not-ready or unreachable node before it is evicted and berth starts
 	// it elsewhere (the not-ready and unreachable tolerationSeconds). Zero

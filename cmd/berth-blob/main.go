@@ -6,8 +6,11 @@
 //	berth-blob run --project P -- CMD   run the build, deliver log and results
 //	berth-blob sas --project P          print a read-only URL of the result
 //
-// It authenticates with a connection string ($BERTH_BLOB_CONNECTION_STRING,
-// development) or with DefaultAzureCredential (workload identity). It must
+// In a build Pod it holds no storage credential: with --manager-url it asks
+// berth-manager for a SAS URL of each blob, proving who it is with the
+// Pod's projected ServiceAccount token. Outside berth-manager's care (local
+// development, the sas command) it authenticates with a connection string
+// ($BERTH_BLOB_CONNECTION_STRING) or with DefaultAzureCredential. It must
 // not import Kubernetes libraries; a test checks.
 package main
 
@@ -36,6 +39,7 @@ commands:
   run --project P [flags] -- CMD [ARGS]    run CMD, upload its log, and its outputs on success
   sas --project P [--blob build/result.zip] [--expiry 1h]
                                            print a read-only URL of one of the project's blobs
+                                           (needs the account's credentials, not a build's grants)
   copy-self DEST                           copy this binary to DEST (an init container's job)
 
 Run 'berth-blob COMMAND -h' for a command's flags.
@@ -78,6 +82,9 @@ func main() {
 // common are the flags every blob command takes.
 type common struct {
 	project          string
+	managerURL       string
+	tokenFile        string
+	managerCAFile    string
 	accountURL       string
 	connectionString string
 	blockSize        int64
@@ -90,6 +97,9 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.project, "project", os.Getenv("BERTH_PROJECT"), "the build's project id (the berth.dev/project label) [$BERTH_PROJECT]")
+	fs.StringVar(&c.managerURL, "manager-url", os.Getenv("BERTH_BLOB_MANAGER_URL"), "berth-manager's URL: ask it for a SAS URL of each blob, with the Pod's token, and hold no storage credential [$BERTH_BLOB_MANAGER_URL]")
+	fs.StringVar(&c.tokenFile, "token-file", envOr("BERTH_BLOB_TOKEN_FILE", blob.DefaultTokenFile), "the Pod's projected ServiceAccount token, audience "+blob.TokenAudience+", shown to berth-manager [$BERTH_BLOB_TOKEN_FILE]")
+	fs.StringVar(&c.managerCAFile, "manager-ca-file", "", "PEM file of the CA berth-manager's certificate is signed by (default $BERTH_BLOB_MANAGER_CA, the PEM itself; else the system's roots)")
 	fs.StringVar(&c.accountURL, "account-url", os.Getenv("BERTH_BLOB_ACCOUNT_URL"), "the storage account's blob endpoint, for workload identity [$BERTH_BLOB_ACCOUNT_URL]")
 	fs.StringVar(&c.connectionString, "connection-string", "", "a storage connection string, for development (default $BERTH_BLOB_CONNECTION_STRING; the flag shows in ps, the variable does not)")
 	fs.Int64Var(&c.blockSize, "block-size", blob.DefaultBlockSize, "upload block size in bytes; memory is about block-size x concurrency")
@@ -100,23 +110,60 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.verbosity, "v", 0, "log verbosity")
 }
 
+// store reads and writes blobs: a GrantStore in a build Pod, an
+// AzureStore with credentials otherwise.
+type store interface {
+	blob.Source
+	blob.Sink
+}
+
 // setup validates the common flags and returns the store and a logging
-// context.
-func (c *common) setup(ctx context.Context) (context.Context, *blob.AzureStore, error) {
-	log := logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-c.verbosity)}))
-	ctx = logr.NewContext(ctx, log)
+// context: grants from berth-manager with --manager-url, else the
+// account's credentials.
+func (c *common) setup(ctx context.Context) (context.Context, store, error) {
+	ctx = c.logContext(ctx)
 	if err := blob.ValidateProject(c.project); err != nil {
 		return ctx, nil, fmt.Errorf("--project: %w", err)
 	}
+	if c.managerURL == "" {
+		s, err := c.azureStore()
+		return ctx, s, err
+	}
+	ca := []byte(os.Getenv("BERTH_BLOB_MANAGER_CA"))
+	if c.managerCAFile != "" {
+		var err error
+		if ca, err = os.ReadFile(c.managerCAFile); err != nil {
+			return ctx, nil, fmt.Errorf("--manager-ca-file: %w", err)
+		}
+	}
+	gc, err := blob.NewGrantClient(c.managerURL, c.tokenFile, ca)
+	if err != nil {
+		return ctx, nil, fmt.Errorf("--manager-url: %w", err)
+	}
+	return ctx, blob.NewGrantStore(gc, c.storeOptions()), nil
+}
+
+func (c *common) logContext(ctx context.Context) context.Context {
+	log := logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-c.verbosity)}))
+	return logr.NewContext(ctx, log)
+}
+
+func (c *common) storeOptions() blob.StoreOptions {
+	return blob.StoreOptions{
+		AccountURL: c.accountURL, BlockSize: c.blockSize, Concurrency: c.concurrency,
+		MaxRetries: 2, RetryDelay: c.retryDelay / 2, TryTimeout: 2 * time.Minute,
+	}
+}
+
+// azureStore opens the account with a connection string or workload
+// identity.
+func (c *common) azureStore() (*blob.AzureStore, error) {
 	if c.connectionString == "" {
 		c.connectionString = os.Getenv("BERTH_BLOB_CONNECTION_STRING")
 	}
-	store, err := blob.NewAzureStore(blob.StoreOptions{
-		ConnectionString: c.connectionString, AccountURL: c.accountURL,
-		BlockSize: c.blockSize, Concurrency: c.concurrency,
-		MaxRetries: 2, RetryDelay: c.retryDelay / 2, TryTimeout: 2 * time.Minute,
-	})
-	return ctx, store, err
+	o := c.storeOptions()
+	o.ConnectionString = c.connectionString
+	return blob.NewAzureStore(o)
 }
 
 func (c *common) backoff() blob.Backoff {
@@ -134,6 +181,7 @@ func fetch(ctx context.Context, args []string) error {
 	fs.Int64Var(&lim.MaxTotalBytes, "max-total-bytes", lim.MaxTotalBytes, "refuse archives that unpack to more bytes")
 	fs.Int64Var(&lim.MaxFileBytes, "max-file-bytes", lim.MaxFileBytes, "refuse archives with a larger file")
 	fs.Int64Var(&lim.MaxRatio, "max-ratio", lim.MaxRatio, "refuse files that inflate more than this many times (above 1 MiB)")
+	fs.Int64Var(&lim.MaxTotalRatio, "max-total-ratio", lim.MaxTotalRatio, "refuse archives that inflate more than this many times in total (above 16 MiB)")
 	_ = fs.Parse(args)
 	ctx, store, err := c.setup(ctx)
 	if err != nil {
@@ -180,7 +228,11 @@ func sas(ctx context.Context, args []string) error {
 	rel := fs.String("blob", "build/result.zip", "the blob, relative to the project")
 	expiry := fs.Duration("expiry", blob.DefaultSASExpiry, "how long the URL is valid")
 	_ = fs.Parse(args)
-	ctx, store, err := c.setup(ctx)
+	ctx = c.logContext(ctx)
+	if err := blob.ValidateProject(c.project); err != nil {
+		return fmt.Errorf("--project: %w", err)
+	}
+	store, err := c.azureStore()
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 
+	"berth.dev/berth/pkg/blobgrants"
 	"berth.dev/berth/pkg/manager"
 	"berth.dev/berth/pkg/placement"
 	"berth.dev/berth/webhooks"
@@ -30,6 +31,10 @@ func main() {
 	flag.StringVar(&o.Webhook.PriorityClassPrefix, "priority-class-prefix", "berth-", "a class's PriorityClass is {prefix}{class}, used when it exists")
 	flag.StringVar(&o.Webhook.ManagerUsername, "manager-username", "", "the only user allowed to release queued builds (default: the user berth-manager runs as)")
 	flag.StringVar(&o.Webhook.BlobImage, "blob-image", webhooks.DefaultBlobImage, "berth-blob image injected into builds of a project")
+	flag.StringVar(&o.Webhook.BlobManagerURL, "blob-manager-url", "", "where berth-blob in build Pods asks berth-manager for its blob URLs (default --webhook-url, else https://{webhook-service}.{namespace}.svc)")
+	flag.StringVar(&o.Webhook.BlobManagerCAFile, "blob-manager-ca-file", "", "PEM of the CA that signs berth-manager's serving certificate, passed to build Pods (default {cert-dir}/ca.crt)")
+	flag.BoolVar(&o.Webhook.BlobCredentialsInPods, "blob-credentials-in-pods", false, "local development only: pass the org's connection-string Secret, from the build's namespace, into build Pods instead of grants; any build could then read and overwrite every blob of the account")
+	flag.DurationVar(&o.BlobGrantMaxTTL, "blob-grant-max-ttl", blobgrants.DefaultMaxTTL, "the longest a build's blob URL lives; berth-blob asks for each when it needs it")
 	flag.Int64Var(&o.Webhook.WorkspaceNodeLossSeconds, "workspace-node-loss-seconds", webhooks.DefaultWorkspaceNodeLossSeconds, "how long a workspace Pod tolerates a not-ready or unreachable node before it is evicted and started elsewhere; 0 keeps the API server's 300")
 	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")

@@ -76,6 +76,11 @@ func Run(ctx context.Context, sink Sink, o RunOptions, argv []string) (int, erro
 	if err := ValidateProject(o.Project); err != nil {
 		return 2, err
 	}
+	if o.ArtifactsDir != "" && o.Version != "" {
+		if err := ValidateVersion(o.Version); err != nil {
+			return 2, fmt.Errorf("$BERTH_VERSION: %w", err)
+		}
+	}
 	code, runErr := runCommand(ctx, o, argv)
 	log := logr.FromContextOrDiscard(ctx)
 	log.Info("command finished", "command", argv[0], "exitCode", code)

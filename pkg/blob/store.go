@@ -132,12 +132,22 @@ func (s *AzureStore) Client() *azblob.Client { return s.client }
 // Download opens container/name from offset on. When etag is set, the blob
 // must still be that version. A missing blob is a permanent error.
 func (s *AzureStore) Download(ctx context.Context, container, name string, offset int64, etag string) (*Object, error) {
+	return downloadBlob(ctx, s.blockBlob(container, name), container, name, offset, etag)
+}
+
+// blockBlob is the client of one blob of the account.
+func (s *AzureStore) blockBlob(container, name string) *blockblob.Client {
+	return s.client.ServiceClient().NewContainerClient(container).NewBlockBlobClient(name)
+}
+
+// downloadBlob opens the blob bc (container/name, for messages) from offset on.
+func downloadBlob(ctx context.Context, bc *blockblob.Client, container, name string, offset int64, etag string) (*Object, error) {
 	o := &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: offset}}
 	if etag != "" {
 		e := azcore.ETag(etag)
 		o.AccessConditions = &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: &e}}
 	}
-	resp, err := s.client.DownloadStream(ctx, container, name, o)
+	resp, err := bc.DownloadStream(ctx, o)
 	if err != nil {
 		switch {
 		case bloberror.HasCode(err, bloberror.BlobNotFound, bloberror.ContainerNotFound):
@@ -187,6 +197,10 @@ func statusIs(err error, code int) bool {
 // berth CRC-64 metadata are set from the bytes sent. The blob is replaced
 // only when the whole upload commits, so repeating it is safe.
 func (s *AzureStore) Upload(ctx context.Context, container, name string, body io.Reader, o UploadOptions) error {
+	return uploadBlobStream(ctx, s.blockBlob(container, name), container, name, body, o, s.blockSize, s.concurrency)
+}
+
+func uploadBlobStream(ctx context.Context, bc *blockblob.Client, container, name string, body io.Reader, o UploadOptions, blockSize int64, concurrency int) error {
 	h := &blob.HTTPHeaders{}
 	if o.ContentType != "" {
 		h.BlobContentType = &o.ContentType
@@ -201,8 +215,8 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 		c := hex.EncodeToString(hr.crc.Sum(nil))
 		meta[MetadataCRC32C] = &c
 	}
-	_, err := s.client.UploadStream(ctx, container, name, hr, &blockblob.UploadStreamOptions{
-		BlockSize: s.blockSize, Concurrency: s.concurrency, HTTPHeaders: h, Metadata: meta,
+	_, err := bc.UploadStream(ctx, hr, &blockblob.UploadStreamOptions{
+		BlockSize: blockSize, Concurrency: concurrency, HTTPHeaders: h, Metadata: meta,
 	})
 	if err != nil {
 		if bloberror.HasCode(err, bloberror.ContainerNotFound) {
@@ -222,13 +236,17 @@ func (s *AzureStore) Upload(ctx context.Context, container, name string, body io
 // Content-MD5 is the service's own. The blob is replaced only when the
 // upload commits.
 func (s *AzureStore) UploadFile(ctx context.Context, container, name string, f *os.File, o UploadOptions) error {
+	return uploadBlobFile(ctx, s.blockBlob(container, name), container, name, f, o, s.blockSize, s.concurrency)
+}
+
+func uploadBlobFile(ctx context.Context, bc *blockblob.Client, container, name string, f *os.File, o UploadOptions, blockSize int64, concurrency int) error {
 	h := &blob.HTTPHeaders{}
 	if o.ContentType != "" {
 		h.BlobContentType = &o.ContentType
 	}
 	c := hex.EncodeToString(o.CRC32C)
-	_, err := s.client.UploadFile(ctx, container, name, f, &blockblob.UploadFileOptions{
-		BlockSize: s.blockSize, Concurrency: uint16(s.concurrency), HTTPHeaders: h,
+	_, err := bc.UploadFile(ctx, f, &blockblob.UploadFileOptions{
+		BlockSize: blockSize, Concurrency: uint16(concurrency), HTTPHeaders: h,
 		Metadata: map[string]*string{MetadataCRC32C: &c}, Progress: o.Progress,
 	})
 	if err != nil {
@@ -264,10 +282,21 @@ func (h *hashingReader) Read(b []byte) (int, error) {
 // expiry: an account-key SAS with a connection string, a user-delegation
 // SAS with Azure AD credentials.
 func (s *AzureStore) ReadURL(ctx context.Context, container, name string, expiry time.Time) (string, error) {
+	return s.SignURL(ctx, container, name, sas.BlobPermissions{Read: true}, expiry)
+}
+
+// WritePermissions are what an upload of one block blob needs: create it,
+// and write its blocks, block list, headers and metadata. They read,
+// list and delete nothing.
+var WritePermissions = sas.BlobPermissions{Create: true, Write: true}
+
+// SignURL returns a SAS URL of the one blob container/name with perms,
+// valid until expiry, signed as ReadURL's are.
+func (s *AzureStore) SignURL(ctx context.Context, container, name string, perms sas.BlobPermissions, expiry time.Time) (string, error) {
 	v := sas.BlobSignatureValues{
 		Protocol:      sas.ProtocolHTTPS,
 		ExpiryTime:    expiry.UTC(),
-		Permissions:   (&sas.BlobPermissions{Read: true}).String(),
+		Permissions:   perms.String(),
 		ContainerName: container,
 		BlobName:      name,
 	}

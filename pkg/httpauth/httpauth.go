@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -32,19 +33,24 @@ type Error struct {
 func (e *Error) Error() string { return e.Msg }
 
 // Authenticate reviews the request's bearer token and returns the caller.
-func (rv Reviewer) Authenticate(r *http.Request) (authenticationv1.UserInfo, error) {
+// With audiences, the token must be made for one of them, as a Pod's
+// projected token for berth is; without, for the API server.
+func (rv Reviewer) Authenticate(r *http.Request, audiences ...string) (authenticationv1.UserInfo, error) {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
 		return authenticationv1.UserInfo{}, &Error{http.StatusUnauthorized, "no bearer token; send Authorization: Bearer <a Kubernetes token, such as a ServiceAccount's>"}
 	}
 	tr, err := rv.Kube.AuthenticationV1().TokenReviews().Create(r.Context(), &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token},
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return authenticationv1.UserInfo{}, &Error{http.StatusServiceUnavailable, fmt.Sprintf("review the token: %v", err)}
 	}
 	if !tr.Status.Authenticated {
 		return authenticationv1.UserInfo{}, &Error{http.StatusUnauthorized, "the token is not valid: " + tr.Status.Error}
+	}
+	if len(audiences) > 0 && !slices.ContainsFunc(tr.Status.Audiences, func(a string) bool { return slices.Contains(audiences, a) }) {
+		return authenticationv1.UserInfo{}, &Error{http.StatusUnauthorized, fmt.Sprintf("the token is not made for audience %v", audiences)}
 	}
 	return tr.Status.User, nil
 }

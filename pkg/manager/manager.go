@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/blobgrants"
 	"berth.dev/berth/pkg/certs"
 	"berth.dev/berth/pkg/controllers/buildqueue"
 	"berth.dev/berth/pkg/controllers/orgstatus"
@@ -76,6 +78,8 @@ type Options struct {
 	// WorkspaceBusyCPU is the CPU use that keeps a workspace past its idle
 	// timeout running; zero turns the check off.
 	WorkspaceBusyCPU resource.Quantity
+	// BlobGrantMaxTTL caps the life of a build's blob URL.
+	BlobGrantMaxTTL time.Duration
 }
 
 // Scheme has the built-in types and berth's.
@@ -139,8 +143,22 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		if err != nil {
 			return err
 		}
-		api := &workspaces.API{Client: mgr.GetClient(), Reviewer: httpauth.Reviewer{Kube: kube}, Clock: clock.RealClock{}}
-		if err := addWebhooks(ctx, mgr, direct, ledger, api, o, host, port); err != nil {
+		reviewer := httpauth.Reviewer{Kube: kube}
+		apis := map[string]http.Handler{
+			workspaces.APIPattern: &workspaces.API{Client: mgr.GetClient(), Reviewer: reviewer, Clock: clock.RealClock{}},
+			blobgrants.Pattern: &blobgrants.Handler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Reviewer: reviewer,
+				Namespace: o.Webhook.Namespace, Clock: clock.RealClock{}, MaxTTL: o.BlobGrantMaxTTL},
+		}
+		if o.Webhook.BlobManagerURL == "" {
+			o.Webhook.BlobManagerURL = o.WebhookURL
+		}
+		if o.Webhook.BlobManagerURL == "" {
+			o.Webhook.BlobManagerURL = fmt.Sprintf("https://%s.%s.svc", o.WebhookService, o.Webhook.Namespace)
+		}
+		if o.Webhook.BlobManagerCAFile == "" {
+			o.Webhook.BlobManagerCAFile = filepath.Join(o.CertDir, "ca.crt")
+		}
+		if err := addWebhooks(ctx, mgr, direct, ledger, apis, o, host, port); err != nil {
 			return err
 		}
 	}
@@ -200,9 +218,9 @@ func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
 
 // addWebhooks starts the webhook server once the rotator has put a
 // certificate in the certificate directory.
-// The workspace API is served beside them, on the same port and
-// certificate.
-func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, ledger *quota.Ledger, api http.Handler, o Options, host string, port int) error {
+// berth's own APIs (workspaces, blob grants) are served beside them, on
+// the same port and certificate.
+func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, ledger *quota.Ledger, apis map[string]http.Handler, o Options, host string, port int) error {
 	srv := webhook.NewServer(webhook.Options{
 		Host:    host,
 		Port:    port,
@@ -212,7 +230,9 @@ func addWebhooks(ctx context.Context, mgr ctrl.Manager, direct client.Client, le
 	if err := webhooks.Setup(mgr, srv, o.Webhook, o.Webhooks, ledger); err != nil {
 		return err
 	}
-	srv.Register(workspaces.APIPattern, api)
+	for pattern, h := range apis {
+		srv.Register(pattern, h)
+	}
 	if err := mgr.AddReadyzCheck("webhook", srv.StartedChecker()); err != nil {
 		return err
 	}

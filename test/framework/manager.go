@@ -51,6 +51,7 @@ type Process struct {
 	Metrics string // http://host:port of its /metrics
 	Health  string // http://host:port of its /healthz and /readyz
 	Webhook string // host:port of its webhook server
+	URL     string // https base URL of its webhook server, as registered
 	Log     string // path of its log
 
 	cmd  *exec.Cmd
@@ -101,6 +102,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 	p := &Process{
 		Name:    "berth-manager",
 		Webhook: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		URL:     o.WebhookURL,
 		Metrics: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		Health:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		Log:     filepath.Join(dir, "log"),

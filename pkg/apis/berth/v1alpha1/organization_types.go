@@ -200,11 +200,37 @@ type BlobSettings struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9](-?[a-z0-9]){2,62}$`
 	// +optional
 	ArtifactsContainer string `json:"artifactsContainer,omitempty"`
-	// CredentialsSecret names a Secret, in the workload's namespace, holding
-	// a storage connection string. Unset means workload identity
-	// (DefaultAzureCredential), as in production.
+	// CredentialsSecret names a Secret, in berth's own namespace, holding a
+	// storage connection string (development, Azurite): berth-manager signs
+	// the builds' URLs with it, and no build Pod sees it. Unset means
+	// berth-manager's workload identity (DefaultAzureCredential), as in
+	// production. Only when berth-manager runs with
+	// --blob-credentials-in-pods (local development) is the Secret of this
+	// name in the build's own namespace passed to its Pod instead.
 	// +optional
 	CredentialsSecret *SecretKeyRef `json:"credentialsSecret,omitempty"`
+	// Projects, when set, are the only projects the org's builds may use,
+	// each from the namespaces it names. Unset, a build may use any
+	// project from any namespace of the org, unless another Organization
+	// shares this account and one of these containers: then each org must
+	// list its projects, and a project listed by both is refused to both.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=1000
+	// +optional
+	Projects []BlobProject `json:"projects,omitempty"`
+}
+
+// BlobProject is one project an org's builds may use.
+type BlobProject struct {
+	// Name is the project id: the berth.dev/project label of its builds.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
+	Name string `json:"name"`
+	// Namespaces are the org's namespaces whose builds may use the
+	// project; unset means any namespace of the org.
+	// +listType=set
+	// +optional
+	Namespaces []string `json:"namespaces,omitempty"`
 }
 
 // SecretKeyRef names one key of a Secret in the workload's namespace.

@@ -1,0 +1,247 @@
+package blob
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/blob"
+	"berth.dev/berth/pkg/testutil"
+	"berth.dev/berth/test/framework"
+	"berth.dev/berth/webhooks"
+)
+
+// buildPod creates a build Job of project in ns whose Pod stays Pending,
+// and returns that Pod as admitted. (berth admits a build Pod only as part
+// of a Job.)
+func buildPod(t *testing.T, c *framework.ClusterEnv, ns, projectID string) *corev1.Pod {
+	t.Helper()
+	job := testutil.Job("build-"+rand.String(5)).Namespace(ns).Class(berthv1alpha1.ClassBuild).Project(projectID).
+		Command("sh", "-c", "true").Obj()
+	job.Spec.Template.Spec.NodeSelector = nowhere
+	c.Create(t, job)
+	var pods corev1.PodList
+	framework.Eventually(t, time.Minute, "the Pod of Job "+job.Name, func(ctx context.Context) (bool, error) {
+		err := c.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{"job-name": job.Name})
+		return len(pods.Items) > 0, err
+	})
+	return &pods.Items[0]
+}
+
+// managerCA is berth-manager's CA, as the webhook passes it to build Pods.
+func managerCA(t *testing.T, pod *corev1.Pod) string {
+	t.Helper()
+	for _, ev := range pod.Spec.Containers[0].Env {
+		if ev.Name == webhooks.EnvBlobManagerCA {
+			return ev.Value
+		}
+	}
+	t.Fatalf("Pod %s has no %s", pod.Name, webhooks.EnvBlobManagerCA)
+	return ""
+}
+
+// asPod runs the real berth-blob as a build Pod's container would: with
+// the Pod's token, berth-manager's URL and CA, and no credential.
+func (e *env) asPod(t *testing.T, token, ca string, extraEnv []string, args ...string) result {
+	t.Helper()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(token), 0o600))
+	cmd := exec.CommandContext(t.Context(), e.bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "BERTH_BLOB_TOKEN_FILE=" + tokenFile,
+		"BERTH_BLOB_MANAGER_URL=" + manager.URL, webhooks.EnvBlobManagerCA + "=" + ca,
+		"BERTH_BLOB_RETRY_DELAY=100ms", "BERTH_BLOB_RETRIES=3",
+		"BERTH_LOG_FILE=" + filepath.Join(dir, "build.log"), "BERTH_OUTPUTS=" + filepath.Join(dir, "out")}, extraEnv...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("run berth-blob %v: %v", args, err)
+	}
+	r := result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
+	t.Logf("berth-blob %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
+	return r
+}
+
+// grantClient asks berth-manager directly, as a build that replaced
+// berth-blob with its own code could.
+func grantClient(t *testing.T, token, ca string) *blob.GrantClient {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(f, []byte(token), 0o600))
+	gc, err := blob.NewGrantClient(manager.URL, f, []byte(ca))
+	require.NoError(t, err)
+	return gc
+}
+
+// blobNames lists the names below prefix in a container.
+func (e *env) blobNames(t *testing.T, containerName, prefix string) []string {
+	t.Helper()
+	var names []string
+	pager := e.client.NewListBlobsFlatPager(containerName, &container.ListBlobsFlatOptions{Prefix: ptr.To(prefix)})
+	for pager.More() {
+		page, err := pager.NextPage(t.Context())
+		require.NoError(t, err)
+		for _, b := range page.Segment.BlobItems {
+			names = append(names, *b.Name)
+		}
+	}
+	return names
+}
+
+func TestABuildReachesOnlyItsOwnProjectsBlobs(t *testing.T) {
+	e := setup(t)
+	c := managerCluster(t, e)
+	sfx := rand.String(5)
+	shop, shop2, bank := "shop-"+sfx, "shop2-"+sfx, "bank-"+sfx
+
+	// Two orgs on one account and the same containers: A owns shop (from
+	// its first namespace only) and shop2, B owns bank.
+	orgA := orgWithBlob(e, "blob-a-"+sfx, berthv1alpha1.BlobProject{Name: shop2})
+	a1 := orgNamespace(t, c, orgA)
+	a2 := orgNamespace(t, c, orgA)
+	require.NoError(t, c.Client.Get(t.Context(), client.ObjectKeyFromObject(orgA), orgA))
+	orgA.Spec.Blob.Projects = append(orgA.Spec.Blob.Projects, berthv1alpha1.BlobProject{Name: shop, Namespaces: []string{a1}})
+	require.NoError(t, c.Client.Update(t.Context(), orgA))
+	b1 := orgNamespace(t, c, orgWithBlob(e, "blob-b-"+sfx, berthv1alpha1.BlobProject{Name: bank}))
+	for _, p := range []string{shop, shop2, bank} {
+		e.uploadSource(t, p, map[string]string{"owner.txt": p})
+	}
+
+	pod := buildPod(t, c, a1, shop)
+	ca := managerCA(t, pod)
+	token := podToken(t, c, pod)
+
+	t.Run("its own sources", func(t *testing.T) {
+		r := e.asPod(t, token, ca, nil, "fetch", "--project="+shop, "--dest=src")
+		require.Equal(t, 0, r.code, r.stderr)
+	})
+	t.Run("another org's sources", func(t *testing.T) {
+		r := e.asPod(t, token, ca, nil, "fetch", "--project="+bank, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, "403 Forbidden")
+		assert.Contains(t, r.stderr, `a build of project "`+shop+`" may not read uploads/`+bank+`/source.zip`)
+		assert.NotContains(t, r.stderr, "giving up after", "a refusal is not retried")
+	})
+	t.Run("another project of its org", func(t *testing.T) {
+		r := e.asPod(t, token, ca, nil, "fetch", "--project="+shop2, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, "may not read uploads/"+shop2+"/source.zip")
+	})
+	t.Run("another org's log and result", func(t *testing.T) {
+		r := e.asPod(t, token, ca, nil, "run", "--project="+bank, "--", "sh", "-c", "mkdir -p $BERTH_OUTPUTS && echo x > $BERTH_OUTPUTS/x")
+		assert.Equal(t, blob.ExitUploadFailed, r.code)
+		assert.Contains(t, r.stderr, "may not write projects/"+bank+"/logs/build.log")
+		assert.Contains(t, r.stderr, "may not write projects/"+bank+"/build/result.zip")
+	})
+	t.Run("a version that climbs out of the project", func(t *testing.T) {
+		dir := t.TempDir()
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "app.jar"), []byte("jar"), 0o644))
+		r := e.asPod(t, token, ca, []string{"BERTH_ARTIFACTS=" + dir, "BERTH_VERSION=../" + bank + "/1"}, "run", "--project="+shop, "--", "true")
+		assert.Equal(t, 2, r.code)
+		assert.Contains(t, r.stderr, `version "../`+bank+`/1" is not valid`)
+	})
+	t.Run("names a modified berth-blob could ask for", func(t *testing.T) {
+		gc := grantClient(t, token, ca)
+		for _, req := range []blob.GrantRequest{
+			{Container: "artifacts", Name: shop + "/../" + bank + "/1/app.jar", Access: blob.AccessWrite},
+			{Container: "artifacts", Name: bank + "/1/app.jar", Access: blob.AccessWrite},
+			{Container: "projects", Name: shop + "/build/result.zip", Access: blob.AccessRead},
+			{Container: "uploads", Name: shop + "/source.zip", Access: blob.AccessWrite},
+			{Container: "uploads", Name: bank + "/source.zip", Access: blob.AccessRead},
+		} {
+			_, err := gc.Grant(t.Context(), req)
+			assert.ErrorContains(t, err, "403 Forbidden", "%+v", req)
+			assert.True(t, blob.IsPermanent(err))
+		}
+		// What it may have opens that one blob, for that one access.
+		g, err := gc.Grant(t.Context(), blob.GrantRequest{Container: "artifacts", Name: shop + "/1/app.jar", Access: blob.AccessWrite})
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusForbidden, httpStatus(t, http.MethodGet, g.URL), "a write grant reads nothing")
+		other := strings.Replace(g.URL, shop, bank, 1) // the blob's name, the first the URL holds
+		require.NotEqual(t, g.URL, other)
+		assert.Equal(t, http.StatusForbidden, httpStatus(t, http.MethodPut, other), "nor writes another blob")
+	})
+	t.Run("its project from a namespace the org does not allow", func(t *testing.T) {
+		p := buildPod(t, c, a2, shop)
+		r := e.asPod(t, podToken(t, c, p), ca, nil, "fetch", "--project="+shop, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, "is used from namespaces ["+a1+"] only, not "+a2)
+	})
+	t.Run("a project its org does not own", func(t *testing.T) {
+		p := buildPod(t, c, b1, shop)
+		r := e.asPod(t, podToken(t, c, p), ca, nil, "fetch", "--project="+shop, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, `project "`+shop+`" is not one of Organization "blob-b-`+sfx+`"'s`)
+	})
+	t.Run("the token of a deleted Pod", func(t *testing.T) {
+		p := buildPod(t, c, a1, shop)
+		tok := podToken(t, c, p)
+		require.NoError(t, c.Client.Delete(t.Context(), p, client.GracePeriodSeconds(0)))
+		framework.Eventually(t, 30*time.Second, "the Pod gone", func(ctx context.Context) (bool, error) {
+			err := c.Client.Get(ctx, client.ObjectKeyFromObject(p), &corev1.Pod{})
+			return client.IgnoreNotFound(err) == nil && err != nil, nil
+		})
+		r := e.asPod(t, tok, ca, nil, "fetch", "--project="+shop, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		// The API server no longer takes a token bound to a deleted Pod.
+		assert.Contains(t, r.stderr, "401 Unauthorized")
+	})
+	t.Run("a token for the API server", func(t *testing.T) {
+		r := e.asPod(t, apiServerToken(t, c, a1), ca, nil, "fetch", "--project="+shop, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, "401 Unauthorized")
+		assert.Contains(t, r.stderr, blob.TokenAudience)
+	})
+	t.Run("a manager that is down", func(t *testing.T) {
+		r := e.asPod(t, token, ca, []string{"BERTH_BLOB_MANAGER_URL=https://127.0.0.1:1"}, "fetch", "--project="+shop, "--dest=src")
+		assert.NotEqual(t, 0, r.code)
+		assert.Contains(t, r.stderr, "giving up after 3 attempts")
+		assert.Contains(t, r.stderr, "connection refused")
+	})
+
+	// Nothing of B's was written, or read into being.
+	assert.Empty(t, e.blobNames(t, "projects", bank+"/"))
+	assert.Empty(t, e.blobNames(t, "artifacts", bank+"/"))
+}
+
+func httpStatus(t *testing.T, method, url string) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader("x"))
+	require.NoError(t, err)
+	req.Header.Set("x-ms-blob-type", "BlockBlob")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// apiServerToken is a token of ns's default ServiceAccount for the API
+// server, as any Pod of the namespace may hold.
+func apiServerToken(t *testing.T, c *framework.ClusterEnv, ns string) string {
+	t.Helper()
+	kube, err := kubernetes.NewForConfig(c.Config)
+	require.NoError(t, err)
+	tr, err := kube.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), "default", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	return tr.Status.Token
+}
