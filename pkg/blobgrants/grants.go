@@ -141,33 +141,12 @@ func (h *Handler) grant(r *http.Request, req blob.GrantRequest) (blob.Grant, err
 	if err := blob.ValidateProject(project); err != nil {
 		return blob.Grant{}, refuse("%s: label %s: %v", who, berthv1alpha1.LabelProject, err)
 	}
-	orgName, err := controllers.NamespaceOrg(ctx, h.Client, pod.Namespace)
-	if err != nil {
-		return blob.Grant{}, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("read namespace %s: %v", pod.Namespace, err)}
-	}
-	if orgName == "" {
-		return blob.Grant{}, refuse("namespace %s belongs to no Organization (label %s)", pod.Namespace, berthv1alpha1.LabelOrg)
-	}
-	var orgs berthv1alpha1.OrganizationList
-	if err := h.Client.List(ctx, &orgs); err != nil {
-		return blob.Grant{}, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("list Organizations: %v", err)}
-	}
-	i := slices.IndexFunc(orgs.Items, func(o berthv1alpha1.Organization) bool { return o.Name == orgName })
-	if i < 0 || orgs.Items[i].Spec.Blob == nil {
-		return blob.Grant{}, refuse("Organization %q of namespace %s has no spec.blob; the platform team sets where its builds' blobs live", orgName, pod.Namespace)
-	}
-	org := &orgs.Items[i]
-	if err := CheckProject(org, orgs.Items, project, pod.Namespace); err != nil {
-		return blob.Grant{}, refuse("%s: %v", who, err)
-	}
-	bs := settings(org.Spec.Blob)
-	containers := blob.Containers{Uploads: bs.UploadsContainer, Projects: bs.ProjectsContainer, Artifacts: bs.ArtifactsContainer}
-	if err := blob.CheckBuildAccess(containers, project, req); err != nil {
-		return blob.Grant{}, refuse("%s: %v", who, err)
-	}
-	signer, err := h.signer(ctx, bs)
+	containers, signer, err := h.project(ctx, project, pod.Namespace, who)
 	if err != nil {
 		return blob.Grant{}, err
+	}
+	if err := blob.CheckBuildAccess(containers, project, req); err != nil {
+		return blob.Grant{}, refuse("%s: %v", who, err)
 	}
 	perms := sas.BlobPermissions{Read: true}
 	if req.Access == blob.AccessWrite {
@@ -179,6 +158,37 @@ func (h *Handler) grant(r *http.Request, req blob.GrantRequest) (blob.Grant, err
 		return blob.Grant{}, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("sign a URL of %s/%s: %v", req.Container, req.Name, err)}
 	}
 	return blob.Grant{URL: u, Expiry: expiry}, nil
+}
+
+// project checks that builds in namespace ns may use project, and returns
+// the org's containers and a signer of its account. who names the caller
+// in refusals.
+func (h *Handler) project(ctx context.Context, project, ns, who string) (blob.Containers, Signer, error) {
+	orgName, err := controllers.NamespaceOrg(ctx, h.Client, ns)
+	if err != nil {
+		return blob.Containers{}, nil, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("read namespace %s: %v", ns, err)}
+	}
+	if orgName == "" {
+		return blob.Containers{}, nil, refuse("namespace %s belongs to no Organization (label %s)", ns, berthv1alpha1.LabelOrg)
+	}
+	var orgs berthv1alpha1.OrganizationList
+	if err := h.Client.List(ctx, &orgs); err != nil {
+		return blob.Containers{}, nil, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("list Organizations: %v", err)}
+	}
+	i := slices.IndexFunc(orgs.Items, func(o berthv1alpha1.Organization) bool { return o.Name == orgName })
+	if i < 0 || orgs.Items[i].Spec.Blob == nil {
+		return blob.Containers{}, nil, refuse("Organization %q of namespace %s has no spec.blob; the platform team sets where its builds' blobs live", orgName, ns)
+	}
+	org := &orgs.Items[i]
+	if err := CheckProject(org, orgs.Items, project, ns); err != nil {
+		return blob.Containers{}, nil, refuse("%s: %v", who, err)
+	}
+	bs := settings(org.Spec.Blob)
+	signer, err := h.signer(ctx, bs)
+	if err != nil {
+		return blob.Containers{}, nil, err
+	}
+	return blob.Containers{Uploads: bs.UploadsContainer, Projects: bs.ProjectsContainer, Artifacts: bs.ArtifactsContainer}, signer, nil
 }
 
 // pod reads, from the API server, the Pod a token was bound to.

@@ -144,10 +144,12 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			return err
 		}
 		reviewer := httpauth.Reviewer{Kube: kube}
+		grants := &blobgrants.Handler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Reviewer: reviewer,
+			Namespace: o.Webhook.Namespace, Clock: clock.RealClock{}, MaxTTL: o.BlobGrantMaxTTL}
 		apis := map[string]http.Handler{
-			workspaces.APIPattern: &workspaces.API{Client: mgr.GetClient(), Reviewer: reviewer, Clock: clock.RealClock{}},
-			blobgrants.Pattern: &blobgrants.Handler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Reviewer: reviewer,
-				Namespace: o.Webhook.Namespace, Clock: clock.RealClock{}, MaxTTL: o.BlobGrantMaxTTL},
+			workspaces.APIPattern:     &workspaces.API{Client: mgr.GetClient(), Reviewer: reviewer, Clock: clock.RealClock{}},
+			blobgrants.Pattern:        grants,
+			blobgrants.ProjectPattern: &blobgrants.ProjectAPI{Handler: grants},
 		}
 		if o.Webhook.BlobManagerURL == "" {
 			o.Webhook.BlobManagerURL = o.WebhookURL

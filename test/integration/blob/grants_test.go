@@ -3,6 +3,11 @@ package blob
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
@@ -244,4 +250,111 @@ func apiServerToken(t *testing.T, c *framework.ClusterEnv, ns string) string {
 	tr, err := kube.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), "default", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	return tr.Status.Token
+}
+
+// serviceAccount creates a ServiceAccount in ns bound to clusterRole
+// there, and returns a token of it for the API server: a developer.
+func serviceAccount(t *testing.T, c *framework.ClusterEnv, ns, name, clusterRole string) string {
+	t.Helper()
+	c.Create(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+	c.Create(t, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: clusterRole},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}},
+	})
+	kube, err := kubernetes.NewForConfig(c.Config)
+	require.NoError(t, err)
+	tr, err := kube.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(), name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	return tr.Status.Token
+}
+
+// projectURL asks berth-manager's project API for a URL of one of a
+// project's blobs, as a developer's tool does; it returns the status and
+// the grant or the error.
+func projectURL(t *testing.T, ca, token, ns, projectID, which string) (int, blob.Grant, string) {
+	t.Helper()
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM([]byte(ca)))
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost,
+		fmt.Sprintf("%s/v1/namespaces/%s/projects/%s/%s", manager.URL, ns, projectID, which), nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var g blob.Grant
+	if resp.StatusCode == http.StatusOK {
+		require.NoError(t, json.Unmarshal(body, &g))
+	}
+	return resp.StatusCode, g, string(body)
+}
+
+func TestADeveloperPutsSourcesAndReadsTheResult(t *testing.T) {
+	e := setup(t)
+	c := managerCluster(t, e)
+	sfx := rand.String(5)
+	shop, bank := "dshop-"+sfx, "dbank-"+sfx
+	ns := orgNamespace(t, c, orgWithBlob(e, "blob-dev-"+sfx, berthv1alpha1.BlobProject{Name: shop}))
+	orgNamespace(t, c, orgWithBlob(e, "blob-other-"+sfx, berthv1alpha1.BlobProject{Name: bank}))
+	dev := serviceAccount(t, c, ns, "dev", "edit")
+	viewer := serviceAccount(t, c, ns, "viewer", "view")
+	pod := buildPod(t, c, ns, shop)
+	ca := managerCA(t, pod)
+
+	// The developer puts the sources through a write URL.
+	code, g, body := projectURL(t, ca, dev, ns, shop, "source")
+	require.Equal(t, http.StatusOK, code, body)
+	var zipped bytes.Buffer
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"main.go": "package main\n"})
+	require.NoError(t, blob.ZipDir(t.Context(), dir, &zipped))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, g.URL, bytes.NewReader(zipped.Bytes()))
+	require.NoError(t, err)
+	req.Header.Set("x-ms-blob-type", "BlockBlob")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+
+	// The build fetches them and delivers its log and result.
+	token := podToken(t, c, pod)
+	r := e.asPod(t, token, ca, nil, "fetch", "--project="+shop, "--dest=src")
+	require.Equal(t, 0, r.code, r.stderr)
+	r = e.asPod(t, token, ca, nil, "run", "--project="+shop, "--", "sh", "-c", `echo "built $BERTH_PROJECT"; mkdir -p $BERTH_OUTPUTS && echo ok > $BERTH_OUTPUTS/app.txt`)
+	require.Equal(t, 0, r.code, r.stderr)
+
+	// The developer reads them through read URLs.
+	code, g, body = projectURL(t, ca, dev, ns, shop, "result")
+	require.Equal(t, http.StatusOK, code, body)
+	assert.Equal(t, map[string]string{"app.txt": "ok\n"}, unzipToMap(t, httpGet(t, g.URL)))
+	code, g, body = projectURL(t, ca, dev, ns, shop, "log")
+	require.Equal(t, http.StatusOK, code, body)
+	assert.Contains(t, string(httpGet(t, g.URL)), "built")
+
+	// A viewer may read, not put; nobody gets another org's project.
+	code, _, body = projectURL(t, ca, viewer, ns, shop, "source")
+	assert.Equal(t, http.StatusForbidden, code)
+	assert.Contains(t, body, `may not create jobs.batch in namespace \"`+ns+`\"`)
+	code, _, _ = projectURL(t, ca, viewer, ns, shop, "result")
+	assert.Equal(t, http.StatusOK, code)
+	code, _, body = projectURL(t, ca, dev, ns, bank, "result")
+	assert.Equal(t, http.StatusForbidden, code)
+	assert.Contains(t, body, `project \"`+bank+`\" is not one of Organization`)
+	code, _, _ = projectURL(t, ca, "not-a-token", ns, shop, "result")
+	assert.Equal(t, http.StatusUnauthorized, code)
+}
+
+func httpGet(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", b)
+	return b
 }
