@@ -110,13 +110,22 @@ func (c *GrantClient) Grant(ctx context.Context, req GrantRequest) (Grant, error
 	if err != nil {
 		return Grant{}, Permanent(err)
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.ManagerURL+GrantPath, bytes.NewReader(body))
+	return postGrant(ctx, c.HTTP, c.ManagerURL+GrantPath, strings.TrimSpace(string(token)), body, what)
+}
+
+// postGrant posts body to url and reads the grant in the answer. A
+// non-empty token is sent as the bearer; otherwise hc's transport
+// authenticates.
+func postGrant(ctx context.Context, hc *http.Client, url, token string, body []byte, what string) (Grant, error) {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return Grant{}, Permanent(fmt.Errorf("%s: %w", what, err))
 	}
 	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-	resp, err := c.HTTP.Do(hr)
+	if token != "" {
+		hr.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(hr)
 	if err != nil {
 		return Grant{}, fmt.Errorf("%s: %w", what, err)
 	}
@@ -144,10 +153,17 @@ func (c *GrantClient) Grant(ctx context.Context, req GrantRequest) (Grant, error
 	return g, nil
 }
 
+// Granter hands out URLs of single blobs: GrantClient for a build Pod,
+// ProjectClient for a developer.
+type Granter interface {
+	Grant(ctx context.Context, req GrantRequest) (Grant, error)
+}
+
 // GrantStore reads and writes blobs through URLs from berth-manager. It
-// is the Source and Sink of a build Pod, which holds no credential.
+// is the Source and Sink of a build Pod, which holds no credential, and
+// of a developer's tool.
 type GrantStore struct {
-	grants      *GrantClient
+	grants      Granter
 	opts        *blockblob.ClientOptions
 	blockSize   int64
 	concurrency int
@@ -156,10 +172,10 @@ type GrantStore struct {
 	cache map[GrantRequest]Grant
 }
 
-// NewGrantStore makes a store asking c for URLs, with o's block shape and
+// NewGrantStore makes a store asking g for URLs, with o's block shape and
 // SDK retries (its credentials are not used).
-func NewGrantStore(c *GrantClient, o StoreOptions) *GrantStore {
-	s := &GrantStore{grants: c, blockSize: o.BlockSize, concurrency: o.Concurrency, cache: map[GrantRequest]Grant{}}
+func NewGrantStore(g Granter, o StoreOptions) *GrantStore {
+	s := &GrantStore{grants: g, blockSize: o.BlockSize, concurrency: o.Concurrency, cache: map[GrantRequest]Grant{}}
 	if s.blockSize <= 0 {
 		s.blockSize = DefaultBlockSize
 	}

@@ -158,7 +158,7 @@ func TestRunResultWithAndWithoutSpooling(t *testing.T) {
 			require.True(t, ok)
 			assert.Equal(t, map[string]string{"a.txt": "hello world"}, zipNames(t, res))
 			assert.Equal(t, tt.fileUploads, f.FileUploads, "uploads from a spooled file")
-			left, err := filepath.Glob(filepath.Join(filepath.Dir(o.LogFile), ".berth-result-*"))
+			left, err := filepath.Glob(filepath.Join(filepath.Dir(o.LogFile), ".berth-*.zip"))
 			require.NoError(t, err)
 			assert.Empty(t, left, "no spooled archive is left")
 		})

@@ -39,7 +39,7 @@ func spool(ctx context.Context, dir string, o RunOptions) (*os.File, sums, bool)
 		spoolDir = filepath.Dir(o.LogFile)
 	}
 	log := logr.FromContextOrDiscard(ctx)
-	f, s, err := zipToFile(ctx, dir, spoolDir)
+	f, s, err := zipToFile(ctx, dir, spoolDir, nil)
 	if err != nil {
 		log.Info("could not write the archive to a file, streaming it instead", "dir", spoolDir, "err", err.Error())
 		return nil, sums{}, false
@@ -70,11 +70,11 @@ func treeAtMost(dir string, limit int64) bool {
 	return err == nil && total <= limit
 }
 
-// zipToFile writes the archive of dir to a new file in spoolDir, with its
-// CRC-32C computed as the bytes go by (in hardware: a few milliseconds for
-// 200 MiB, so on the writer's own core).
-func zipToFile(ctx context.Context, dir, spoolDir string) (*os.File, sums, error) {
-	f, err := os.CreateTemp(spoolDir, ".berth-result-*.zip")
+// zipToFile writes the archive of dir (the entries keep takes) to a new
+// file in spoolDir, with its CRC-32C computed as the bytes go by (in
+// hardware: a few milliseconds for 200 MiB, so on the writer's own core).
+func zipToFile(ctx context.Context, dir, spoolDir string, keep Keep) (*os.File, sums, error) {
+	f, err := os.CreateTemp(spoolDir, ".berth-*.zip")
 	if err != nil {
 		return nil, sums{}, err
 	}
@@ -85,7 +85,7 @@ func zipToFile(ctx context.Context, dir, spoolDir string) (*os.File, sums, error
 	}
 	c := crc32.New(castagnoli)
 	bw := bufio.NewWriterSize(io.MultiWriter(f, c), 1<<20)
-	zerr := ZipDir(ctx, dir, bw)
+	zerr := ZipTree(ctx, dir, bw, keep)
 	if zerr == nil {
 		zerr = bw.Flush()
 	}
@@ -97,6 +97,23 @@ func zipToFile(ctx context.Context, dir, spoolDir string) (*os.File, sums, error
 		return fail(err)
 	}
 	return f, sums{size: st.Size(), crc32c: c.Sum(nil)}, nil
+}
+
+// UploadTree zips the entries of dir that keep takes into a file in
+// spoolDir, then uploads it to container/name with the archive's CRC-32C,
+// retried with b. It returns the archive's size. A developer's tool puts a
+// project's sources up with it.
+func UploadTree(ctx context.Context, sink Sink, container, name, dir, spoolDir string, keep Keep, b Backoff) (int64, error) {
+	f, s, err := zipToFile(ctx, dir, spoolDir, keep)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+	o := RunOptions{Backoff: b, ProgressInterval: DefaultProgressInterval}
+	return s.size, uploadSpooled(ctx, sink, container, name, f, s, o)
 }
 
 // uploadSpooled uploads the spooled archive with retries, from the start of

@@ -21,6 +21,17 @@ const sniffBytes = 256 << 10
 // Files that do not compress (jars, images, archives, random data) are
 // stored rather than deflated, so zipping costs little more than reading.
 func ZipDir(ctx context.Context, dir string, w io.Writer) error {
+	return ZipTree(ctx, dir, w, nil)
+}
+
+// Keep decides whether ZipTree takes an entry, named by its slash path
+// below the tree's root; a directory left out is not walked. An error
+// stops the zip.
+type Keep func(rel string, d fs.DirEntry) (bool, error)
+
+// ZipTree is ZipDir of the entries keep takes (all of them when keep is
+// nil).
+func ZipTree(ctx context.Context, dir string, w io.Writer, keep Keep) error {
 	zw := zip.NewWriter(w)
 	zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {
 		return flate.NewWriter(out, flate.BestSpeed)
@@ -36,6 +47,18 @@ func ZipDir(ctx context.Context, dir string, w io.Writer) error {
 		rel, err := filepath.Rel(dir, p)
 		if err != nil || rel == "." {
 			return err
+		}
+		if keep != nil {
+			ok, err := keep(filepath.ToSlash(rel), d)
+			if err != nil {
+				return err
+			}
+			if !ok && d.IsDir() {
+				return fs.SkipDir
+			}
+			if !ok {
+				return nil
+			}
 		}
 		info, err := d.Info()
 		if err != nil {

@@ -49,12 +49,12 @@ func (a *ProjectAPI) projectGrant(r *http.Request, ns, project, which string, re
 	ctx := r.Context()
 	verb := "get"
 	switch which {
-	case "source":
+	case blob.ProjectSource:
 		verb, req.Access = "create", blob.AccessWrite
-	case "log", "result":
+	case blob.ProjectLog, blob.ProjectResult:
 		req.Access = blob.AccessRead
 	default:
-		return blob.Grant{}, &httpauth.Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("%q is not a project blob; use source, log or result", which)}
+		return blob.Grant{}, &httpauth.Error{Status: http.StatusNotFound, Msg: fmt.Sprintf("%q is not a project blob; use %s, %s or %s", which, blob.ProjectSource, blob.ProjectLog, blob.ProjectResult)}
 	}
 	if err := blob.ValidateProject(project); err != nil {
 		return blob.Grant{}, &httpauth.Error{Status: http.StatusBadRequest, Msg: err.Error()}
@@ -74,11 +74,11 @@ func (a *ProjectAPI) projectGrant(r *http.Request, ns, project, which string, re
 	}
 	perms := sas.BlobPermissions{Read: true}
 	switch which {
-	case "source":
+	case blob.ProjectSource:
 		req.Container, req.Name, perms = c.Uploads, blob.SourceName(project), blob.WritePermissions
-	case "log":
+	case blob.ProjectLog:
 		req.Container, req.Name = c.Projects, blob.LogName(project)
-	case "result":
+	case blob.ProjectResult:
 		req.Container, req.Name = c.Projects, blob.ResultName(project)
 	}
 	ttl := a.MaxTTL

@@ -53,6 +53,7 @@ type Process struct {
 	Webhook string // host:port of its webhook server
 	URL     string // https base URL of its webhook server, as registered
 	Log     string // path of its log
+	CertDir string // its serving certificate and CA (ca.crt), berth-manager only
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -106,6 +107,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		Metrics: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		Health:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		Log:     filepath.Join(dir, "log"),
+		CertDir: filepath.Join(dir, "certs"),
 	}
 	args := append([]string{
 		"--kubeconfig", env.Kubeconfig(),
@@ -113,7 +115,7 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 		"--webhook-url", o.WebhookURL,
 		"--metrics-bind-address", strings.TrimPrefix(p.Metrics, "http://"),
 		"--health-probe-bind-address", strings.TrimPrefix(p.Health, "http://"),
-		"--cert-dir", filepath.Join(dir, "certs"),
+		"--cert-dir", p.CertDir,
 	}, o.Args...)
 	p.start(t, bin, args)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)

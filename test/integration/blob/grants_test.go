@@ -77,14 +77,21 @@ func (e *env) asPod(t *testing.T, token, ca string, extraEnv []string, args ...s
 		"BERTH_BLOB_MANAGER_URL=" + manager.URL, webhooks.EnvBlobManagerCA + "=" + ca,
 		"BERTH_BLOB_RETRY_DELAY=100ms", "BERTH_BLOB_RETRIES=3",
 		"BERTH_LOG_FILE=" + filepath.Join(dir, "build.log"), "BERTH_OUTPUTS=" + filepath.Join(dir, "out")}, extraEnv...)
+	return runCommand(t, cmd, "berth-blob", args)
+}
+
+// runCommand runs cmd to its end and logs what it said; a command that
+// cannot start fails the test.
+func runCommand(t *testing.T, cmd *exec.Cmd, name string, args []string) result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if _, ok := err.(*exec.ExitError); err != nil && !ok {
-		t.Fatalf("run berth-blob %v: %v", args, err)
+		t.Fatalf("run %s %v: %v", name, args, err)
 	}
 	r := result{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String()}
-	t.Logf("berth-blob %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stderr)
+	t.Logf("%s %s: exit %d\n%s", name, strings.Join(args, " "), r.code, r.stderr)
 	return r
 }
 

@@ -1,4 +1,4 @@
-package bench
+package blob
 
 import (
 	"archive/zip"

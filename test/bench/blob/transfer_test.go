@@ -1,4 +1,4 @@
-package bench
+package blob
 
 import (
 	"archive/zip"
@@ -27,7 +27,10 @@ const (
 )
 
 // BenchmarkBlobTransfer moves a 200 MiB build output through Azurite in
-// alternating rounds, berth-blob against a plain azblob client:
+// alternating rounds, berth-blob against a plain azblob client. berth-blob
+// runs as in a build Pod: it holds no credential and asks berth-manager
+// for a SAS URL of each blob with a token bound to a (Pending) build Pod;
+// the plain client uses the connection string.
 //
 //   - upload: berth-blob run (zip the outputs, upload result.zip and the
 //     log) against the same transfer done plainly: archive/zip of the
@@ -48,7 +51,7 @@ func BenchmarkBlobTransfer(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, name := range []string{"uploads", "projects", "bench"} {
+	for _, name := range []string{"uploads", "projects", "artifacts", "bench"} {
 		if _, err := c.CreateContainer(b.Context(), name, nil); err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
 			b.Fatal(err)
 		}
@@ -60,10 +63,13 @@ func BenchmarkBlobTransfer(b *testing.B) {
 	}
 	payload := filepath.Join(out, "app.bin")
 	writeRandom(b, payload, blobPayload)
+	grants := startGrants(b, a)
+	project := grants.project
+	buildEnv := grants.buildEnv(b)
 	berthBlob := func(args ...string) {
 		cmd := exec.CommandContext(b.Context(), bin, args...)
 		cmd.Dir = work
-		cmd.Env = append(os.Environ(), "BERTH_BLOB_CONNECTION_STRING="+a.ConnectionString())
+		cmd.Env = append(os.Environ(), buildEnv...)
 		if o, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("berth-blob %v: %v\n%s", args, err, o)
 		}
@@ -81,7 +87,7 @@ func BenchmarkBlobTransfer(b *testing.B) {
 	uploads := []func(){
 		func() {
 			up[0] = append(up[0], timed(func() {
-				berthBlob("run", "--project=bench", "--outputs="+out, "--log-file="+filepath.Join(work, "build.log"), "--", "true")
+				berthBlob("run", "--project="+project, "--outputs="+out, "--log-file="+filepath.Join(work, "build.log"), "--", "true")
 			}))
 		},
 		func() {
@@ -118,16 +124,16 @@ func BenchmarkBlobTransfer(b *testing.B) {
 			uploads[(r+i)%len(uploads)]()
 		}
 		// Fetch what run delivered, as a build's source.
-		copyBlob(b, c, "projects", blob.ResultName("bench"), "uploads", blob.SourceName("bench"))
+		copyBlob(b, c, "projects", blob.ResultName(project), "uploads", blob.SourceName(project))
 		down[0] = append(down[0], timed(func() {
 			dest := filepath.Join(work, "fetched")
 			_ = os.RemoveAll(dest)
-			berthBlob("fetch", "--project=bench", "--dest="+dest)
+			berthBlob("fetch", "--project="+project, "--dest="+dest)
 		}))
 		down[1] = append(down[1], timed(func() {
 			dest := filepath.Join(work, "plain")
 			_ = os.RemoveAll(dest)
-			plainFetch(b, c, "uploads", blob.SourceName("bench"), filepath.Join(work, "plain.zip"), dest)
+			plainFetch(b, c, "uploads", blob.SourceName(project), filepath.Join(work, "plain.zip"), dest)
 		}))
 	}
 	report := func(what string, m [2][]float64, target bool) {
@@ -135,7 +141,7 @@ func BenchmarkBlobTransfer(b *testing.B) {
 		b.ReportMetric(berth, what+"-MB/s-berth-blob")
 		b.ReportMetric(plain, what+"-MB/s-plain")
 		b.ReportMetric(berth/plain, what+"-ratio")
-		line := fmt.Sprintf("%-13s %d MiB x %d: berth-blob %6.1f MB/s  plain azblob %6.1f MB/s  ratio %.2f",
+		line := fmt.Sprintf("%-13s %d MiB x %d: berth-blob (manager's SAS URLs) %6.1f MB/s  plain azblob (connection string) %6.1f MB/s  ratio %.2f",
 			what, blobPayload>>20, len(m[0]), berth, plain, berth/plain)
 		if target {
 			line += " (target >= 0.9)"
