@@ -4,6 +4,9 @@
 //	kubectl berth build DIR --project P --image IMAGE [-- CMD ARGS...]
 //	kubectl berth logs BUILD
 //	kubectl berth result BUILD [-o FILE]
+//	kubectl berth ls [--user U] [-o table|wide|json|yaml]
+//	kubectl berth wake|stop|touch WORKSPACE
+//	kubectl berth queue [-o table|wide|json|yaml]
 //
 // It uses the kubeconfig, context and namespace as kubectl does, and
 // reaches berth-manager's API at --manager-url ($BERTH_MANAGER_URL) with
@@ -17,11 +20,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/kubectlberth"
 )
 
@@ -46,7 +54,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "berth",
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl berth"},
-		Short:         "Build, follow and fetch berth builds",
+		Short:         "berth for developers: builds, their logs and results, workspaces and the build queue",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -55,13 +63,17 @@ func newRoot() *cobra.Command {
 		"berth-manager's HTTPS URL, as your platform team exposes it [$"+kubectlberth.EnvManagerURL+"]")
 	root.PersistentFlags().StringVar(&o.manager.CAFile, "manager-ca-file", os.Getenv(kubectlberth.EnvManagerCAFile),
 		"PEM CA of berth-manager's certificate; empty trusts the system's roots [$"+kubectlberth.EnvManagerCAFile+"]")
-	root.AddCommand(buildCommand(o), logsCommand(o), resultCommand(o))
+	root.AddCommand(buildCommand(o), logsCommand(o), resultCommand(o), lsCommand(o), queueCommand(o),
+		actionCommand(o, kubectlberth.ActionWake, "Start a stopped workspace through berth's admission; --wait holds until it runs"),
+		actionCommand(o, kubectlberth.ActionStop, "Stop a workspace: its Pod goes, its volumes stay"),
+		actionCommand(o, kubectlberth.ActionTouch, "Record activity on a workspace now, so its idle stop counts from now"))
 	return root
 }
 
-// client connects to the API server and berth-manager as the kubeconfig's
-// user, in the namespace of the flags or the context.
-func (o *options) client(cmd *cobra.Command) (*kubectlberth.Client, error) {
+// client connects to the API server as the kubeconfig's user, in the
+// namespace of the flags or the context, and to berth-manager unless
+// local is set.
+func (o *options) client(cmd *cobra.Command, local ...bool) (*kubectlberth.Client, error) {
 	config, err := o.kube.ToRESTConfig()
 	if err != nil {
 		return nil, err
@@ -74,12 +86,25 @@ func (o *options) client(cmd *cobra.Command) (*kubectlberth.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, err := o.manager.HTTPClient(config)
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := berthv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	berth, err := client.New(config, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, err
 	}
-	return &kubectlberth.Client{Kube: kube, Manager: hc, ManagerURL: o.manager.URL, Namespace: ns,
-		Out: cmd.OutOrStdout(), ErrOut: cmd.ErrOrStderr()}, nil
+	c := &kubectlberth.Client{Kube: kube, Berth: berth, Namespace: ns, Out: cmd.OutOrStdout(), ErrOut: cmd.ErrOrStderr()}
+	if len(local) == 0 || !local[0] {
+		if c.Manager, err = o.manager.HTTPClient(config); err != nil {
+			return nil, err
+		}
+		c.ManagerURL = o.manager.URL
+	}
+	return c, nil
 }
 
 func buildCommand(o *options) *cobra.Command {
@@ -156,5 +181,95 @@ func resultCommand(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write result.zip here")
+	return cmd
+}
+
+// reader checks -o and connects to the API server only.
+func (o *options) reader(cmd *cobra.Command, format string) (*kubectlberth.Client, error) {
+	if err := kubectlberth.CheckOutput(format); err != nil {
+		return nil, err
+	}
+	return o.client(cmd, true)
+}
+
+// outputFlag adds -o table|wide|json|yaml.
+func outputFlag(cmd *cobra.Command, format *string) {
+	cmd.Flags().StringVarP(format, "output", "o", kubectlberth.OutputTable, "output format: table, wide, json or yaml")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(
+		[]string{kubectlberth.OutputTable, kubectlberth.OutputWide, kubectlberth.OutputJSON, kubectlberth.OutputYAML}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+func lsCommand(o *options) *cobra.Command {
+	var format, user string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the namespace's workspaces, running and stopped: phase, idle time, node and pool",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.reader(cmd, format)
+			if err != nil {
+				return err
+			}
+			list, rows, err := c.Workspaces(cmd.Context(), user, time.Now())
+			if err != nil {
+				return err
+			}
+			return kubectlberth.PrintWorkspaces(c.Out, format, list, rows)
+		},
+	}
+	cmd.Flags().StringVar(&user, "user", "", "only the workspaces of this user (the berth.dev/user label)")
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func queueCommand(o *options) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "List the namespace's builds, queued ones first in the order berth releases them, and the org's build slots",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.reader(cmd, format)
+			if err != nil {
+				return err
+			}
+			list, rows, slots, err := c.Queue(cmd.Context(), time.Now())
+			if err != nil {
+				return err
+			}
+			kubectlberth.PrintSlots(c.ErrOut, slots)
+			return kubectlberth.PrintQueue(c.Out, format, list, rows)
+		},
+	}
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func actionCommand(o *options, action, short string) *cobra.Command {
+	var format string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   action + " WORKSPACE",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := kubectlberth.CheckOutput(format); err != nil {
+				return err
+			}
+			c, err := o.client(cmd)
+			if err != nil {
+				return err
+			}
+			a, err := c.WorkspaceAction(cmd.Context(), args[0], action, wait)
+			if err != nil {
+				return err
+			}
+			return kubectlberth.PrintAnswer(c.Out, format, a)
+		},
+	}
+	if action == kubectlberth.ActionWake {
+		cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the workspace runs, at most this long (up to 2m); a refused start is an error with admission's reason")
+	}
+	outputFlag(cmd, &format)
 	return cmd
 }

@@ -16,16 +16,19 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/blob"
 )
 
-// Client is what the build commands talk to: the API server, as the
-// developer, and berth-manager's project API.
+// Client is what the commands talk to, as the developer: the API server
+// and berth-manager's project and workspace APIs.
 type Client struct {
-	Kube       kubernetes.Interface
+	Kube kubernetes.Interface
+	// Berth reads berth's kinds (Workspaces, Organizations).
+	Berth      client.Client
 	Manager    *http.Client
 	ManagerURL string
 	Namespace  string

@@ -33,7 +33,7 @@ const Finalizer = "berth.dev/metering"
 
 // DefaultPoolLabel is the node label that names a node's pool, as the
 // prices name it.
-const DefaultPoolLabel = "berth.dev/pool"
+const DefaultPoolLabel = berthv1alpha1.LabelPool
 
 // Store is what the meter and the mirrors need of the database.
 type Store interface {

@@ -36,17 +36,6 @@ type API struct {
 	Clock    clock.PassiveClock
 }
 
-// Answer is the API's reply: the workspace's state after the action.
-type Answer struct {
-	Namespace string                       `json:"namespace"`
-	Name      string                       `json:"name"`
-	Started   bool                         `json:"started"`
-	Phase     berthv1alpha1.WorkspacePhase `json:"phase,omitempty"`
-	PodName   string                       `json:"podName,omitempty"`
-	NodeName  string                       `json:"nodeName,omitempty"`
-	Message   string                       `json:"message,omitempty"`
-}
-
 // ServeHTTP handles APIPattern.
 //
 //	wake   sets spec.started; ?wait=30s answers once the workspace runs,
@@ -108,7 +97,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(Answer{
+	_ = json.NewEncoder(w).Encode(berthv1alpha1.WorkspaceAnswer{
 		Namespace: ws.Namespace, Name: ws.Name, Started: ws.Spec.Started, Phase: ws.Status.Phase,
 		PodName: ws.Status.PodName, NodeName: ws.Status.NodeName, Message: ws.Status.Message,
 	})

@@ -215,6 +215,12 @@ func TestKubectlBerthBuildsAFolderToItsResult(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, result, httpGet(t, strings.TrimSpace(r.stdout)), "the printed URL reads result.zip")
 
+	// queue lists it, finished.
+	r = k.run(t, "queue")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `(?m)^BUILD +PROJECT +STATE +POSITION +AGE$`, r.stdout)
+	assert.Regexp(t, `(?m)^`+job+` +`+shop+` +succeeded +- +`, r.stdout)
+
 	t.Run("a symlink out of the folder", func(t *testing.T) {
 		dir := t.TempDir()
 		writeTree(t, dir, map[string]string{"main.go": "package main\n"})

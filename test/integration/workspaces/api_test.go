@@ -17,7 +17,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
-	"berth.dev/berth/pkg/controllers/workspaces"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 	"berth.dev/berth/webhooks"
@@ -44,7 +43,7 @@ func TestWorkspaceAPI(t *testing.T) {
 
 	code, body := call(gateway, fmt.Sprintf("/v1/namespaces/%s/workspaces/ide/wake?wait=60s", ns))
 	require.Equal(t, http.StatusOK, code, body)
-	var got workspaces.Answer
+	var got berthv1alpha1.WorkspaceAnswer
 	require.NoError(t, json.Unmarshal([]byte(body), &got))
 	assert.Equal(t, berthv1alpha1.WorkspaceRunning, got.Phase, "wait=60s answers once the workspace runs")
 	assert.True(t, got.Started)

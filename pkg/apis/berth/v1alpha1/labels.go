@@ -15,6 +15,9 @@ const (
 	LabelWorkspace = "berth.dev/workspace"
 	// LabelProject is the build project id; blob paths are derived from it.
 	LabelProject = "berth.dev/project"
+	// LabelPool on a Node names its pool, as the pools' prices name it
+	// (metering's cost, kubectl berth ls).
+	LabelPool = "berth.dev/pool"
 	// AnnotationLastActivity is the RFC 3339 heartbeat of a workspace.
 	AnnotationLastActivity = "berth.dev/last-activity"
 	// AnnotationQuota is set by the mutating webhook to QuotaCharged on a

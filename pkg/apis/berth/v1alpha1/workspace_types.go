@@ -134,3 +134,17 @@ type WorkspaceList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Workspace `json:"items"`
 }
+
+// WorkspaceAnswer is the reply of berth-manager's workspace API (POST
+// /v1/namespaces/{ns}/workspaces/{name}/wake|stop|touch): the workspace's
+// state after the action.
+// +kubebuilder:object:generate=false
+type WorkspaceAnswer struct {
+	Namespace string         `json:"namespace"`
+	Name      string         `json:"name"`
+	Started   bool           `json:"started"`
+	Phase     WorkspacePhase `json:"phase,omitempty"`
+	PodName   string         `json:"podName,omitempty"`
+	NodeName  string         `json:"nodeName,omitempty"`
+	Message   string         `json:"message,omitempty"`
+}
