@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -80,7 +81,18 @@ type AzureStore struct {
 	http        bool
 	blockSize   int64
 	concurrency int
+
+	// userKey signs user-delegation SAS until userKeyExpiry.
+	keyMu         sync.Mutex
+	userKey       *service.UserDelegationCredential
+	userKeyExpiry time.Time
 }
+
+// UserKeyLife is how long a user delegation key berth asks for lives
+// (Azure allows 7 days). One key signs every URL that expires before it
+// does, so Azure AD and the storage service are asked about once a day,
+// not once a URL.
+const UserKeyLife = 24 * time.Hour
 
 // NewAzureStore makes a store from a connection string or, without one,
 // from DefaultAzureCredential and the account URL.
@@ -308,13 +320,9 @@ func (s *AzureStore) SignURL(ctx context.Context, container, name string, perms 
 	if s.sharedKey != nil {
 		qp, err = v.SignWithSharedKey(s.sharedKey)
 	} else {
-		// A user delegation key starts a little in the past to allow for
-		// clock skew, and lives as long as the URL.
-		now := time.Now().UTC().Add(-5 * time.Minute)
-		info := service.KeyInfo{Start: ptr(now.Format(sas.TimeFormat)), Expiry: ptr(expiry.UTC().Format(sas.TimeFormat))}
-		udc, uerr := s.client.ServiceClient().GetUserDelegationCredential(ctx, info, nil)
+		udc, uerr := s.userDelegationKey(ctx, expiry)
 		if uerr != nil {
-			return "", fmt.Errorf("get user delegation key: %w", uerr)
+			return "", uerr
 		}
 		qp, err = v.SignWithUserDelegation(udc)
 	}
@@ -323,6 +331,29 @@ func (s *AzureStore) SignURL(ctx context.Context, container, name string, perms 
 	}
 	u := s.client.ServiceClient().NewContainerClient(container).NewBlobClient(name).URL()
 	return u + "?" + qp.Encode(), nil
+}
+
+// userDelegationKey returns a user delegation key that outlives expiry:
+// the cached one, or a new one for UserKeyLife (or until expiry, if later).
+func (s *AzureStore) userDelegationKey(ctx context.Context, expiry time.Time) (*service.UserDelegationCredential, error) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	if s.userKey != nil && s.userKeyExpiry.After(expiry) {
+		return s.userKey, nil
+	}
+	// A key starts a little in the past to allow for clock skew.
+	now := time.Now().UTC()
+	keyExpiry := now.Add(UserKeyLife).Truncate(time.Second)
+	if expiry.After(keyExpiry) {
+		keyExpiry = expiry.UTC()
+	}
+	info := service.KeyInfo{Start: ptr(now.Add(-5 * time.Minute).Format(sas.TimeFormat)), Expiry: ptr(keyExpiry.Format(sas.TimeFormat))}
+	udc, err := s.client.ServiceClient().GetUserDelegationCredential(ctx, info, nil)
+	if err != nil {
+		return nil, fmt.Errorf("get user delegation key: %w", err)
+	}
+	s.userKey, s.userKeyExpiry = udc, keyExpiry
+	return udc, nil
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -15,9 +15,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -320,8 +322,9 @@ func get(t *testing.T, u string) (int, string) {
 // nothing after it expires.
 func TestUserDelegationSASReadsTheResultOnly(t *testing.T) {
 	a := framework.AzuriteOAuthServer(t)
+	keys := &keyCounter{Transporter: a.HTTPClient()}
 	store, err := blob.NewAzureStore(blob.StoreOptions{
-		AccountURL: a.BlobEndpoint(), Credential: a.TokenCredential(), Transport: a.HTTPClient(),
+		AccountURL: a.BlobEndpoint(), Credential: a.TokenCredential(), Transport: keys,
 	})
 	require.NoError(t, err)
 	c := store.Client()
@@ -352,9 +355,32 @@ func TestUserDelegationSASReadsTheResultOnly(t *testing.T) {
 	status, _ = getWith(t, hc, u.String())
 	assert.Equal(t, http.StatusForbidden, status, "the URL reads no other blob")
 
+	// One key signs every URL that expires before it: berth-manager does
+	// not ask for a key per grant.
+	for range 3 {
+		u, err := blob.ReadURL(t.Context(), store, "projects", "udk", "logs/build.log", time.Hour, time.Now())
+		require.NoError(t, err)
+		status, body := getWith(t, hc, u)
+		require.Equal(t, http.StatusOK, status, body)
+	}
+	assert.Equal(t, int32(1), keys.n.Load(), "user delegation keys asked for")
+
 	time.Sleep(time.Until(issued.Add(4 * time.Second)))
 	status, _ = getWith(t, hc, sasURL)
 	assert.Equal(t, http.StatusForbidden, status, "the URL is refused after expiry")
+}
+
+// keyCounter counts the requests for a user delegation key.
+type keyCounter struct {
+	policy.Transporter
+	n atomic.Int32
+}
+
+func (k *keyCounter) Do(req *http.Request) (*http.Response, error) {
+	if req.URL.Query().Get("comp") == "userdelegationkey" {
+		k.n.Add(1)
+	}
+	return k.Transporter.Do(req)
 }
 
 func getWith(t *testing.T, hc *http.Client, u string) (int, string) {
