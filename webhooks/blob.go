@@ -74,7 +74,7 @@ func injectBlob(meta *metav1.ObjectMeta, spec *corev1.PodSpec, t Target) {
 	if !wantsBlob(project, t) || !projectValue.MatchString(project) || len(spec.Containers) == 0 || len(spec.Containers[0].Command) == 0 {
 		return
 	}
-	bs := blobSettings(t.Org.Spec.Blob)
+	bs := t.Org.Spec.Blob.WithDefaults()
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == BlobVolume }) {
 		spec.Volumes = append(spec.Volumes, corev1.Volume{
 			Name:         BlobVolume,
@@ -191,22 +191,6 @@ func (c *caCache) read(path string) []byte {
 		c.path, c.readAt = path, time.Now()
 	}
 	return c.data
-}
-
-// blobSettings fills in the defaults the API server writes, for objects
-// that were never stored.
-func blobSettings(in *berthv1alpha1.BlobSettings) berthv1alpha1.BlobSettings {
-	bs := *in
-	if bs.UploadsContainer == "" {
-		bs.UploadsContainer = berthv1alpha1.DefaultUploadsContainer
-	}
-	if bs.ProjectsContainer == "" {
-		bs.ProjectsContainer = berthv1alpha1.DefaultProjectsContainer
-	}
-	if bs.ArtifactsContainer == "" {
-		bs.ArtifactsContainer = berthv1alpha1.DefaultArtifactsContainer
-	}
-	return bs
 }
 
 func (c Config) blobImage() string {

@@ -141,12 +141,18 @@ func (h *Handler) grant(r *http.Request, req blob.GrantRequest) (blob.Grant, err
 	if err := blob.ValidateProject(project); err != nil {
 		return blob.Grant{}, refuse("%s: label %s: %v", who, berthv1alpha1.LabelProject, err)
 	}
-	containers, signer, err := h.project(ctx, project, pod.Namespace, who)
+	bs, err := h.project(ctx, project, pod.Namespace, who)
 	if err != nil {
 		return blob.Grant{}, err
 	}
-	if err := blob.CheckBuildAccess(containers, project, req); err != nil {
+	if err := blob.CheckBuildAccess(containers(bs), project, req); err != nil {
 		return blob.Grant{}, refuse("%s: %v", who, err)
+	}
+	// The account's credentials are read only for a grant that will be
+	// given.
+	signer, err := h.signer(ctx, bs)
+	if err != nil {
+		return blob.Grant{}, err
 	}
 	perms := sas.BlobPermissions{Read: true}
 	if req.Access == blob.AccessWrite {
@@ -161,34 +167,34 @@ func (h *Handler) grant(r *http.Request, req blob.GrantRequest) (blob.Grant, err
 }
 
 // project checks that builds in namespace ns may use project, and returns
-// the org's containers and a signer of its account. who names the caller
-// in refusals.
-func (h *Handler) project(ctx context.Context, project, ns, who string) (blob.Containers, Signer, error) {
+// the org's blob settings, defaults filled in. who names the caller in
+// refusals.
+func (h *Handler) project(ctx context.Context, project, ns, who string) (berthv1alpha1.BlobSettings, error) {
 	orgName, err := controllers.NamespaceOrg(ctx, h.Client, ns)
 	if err != nil {
-		return blob.Containers{}, nil, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("read namespace %s: %v", ns, err)}
+		return berthv1alpha1.BlobSettings{}, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("read namespace %s: %v", ns, err)}
 	}
 	if orgName == "" {
-		return blob.Containers{}, nil, refuse("namespace %s belongs to no Organization (label %s)", ns, berthv1alpha1.LabelOrg)
+		return berthv1alpha1.BlobSettings{}, refuse("namespace %s belongs to no Organization (label %s)", ns, berthv1alpha1.LabelOrg)
 	}
 	var orgs berthv1alpha1.OrganizationList
 	if err := h.Client.List(ctx, &orgs); err != nil {
-		return blob.Containers{}, nil, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("list Organizations: %v", err)}
+		return berthv1alpha1.BlobSettings{}, &httpauth.Error{Status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("list Organizations: %v", err)}
 	}
 	i := slices.IndexFunc(orgs.Items, func(o berthv1alpha1.Organization) bool { return o.Name == orgName })
 	if i < 0 || orgs.Items[i].Spec.Blob == nil {
-		return blob.Containers{}, nil, refuse("Organization %q of namespace %s has no spec.blob; the platform team sets where its builds' blobs live", orgName, ns)
+		return berthv1alpha1.BlobSettings{}, refuse("Organization %q of namespace %s has no spec.blob; the platform team sets where its builds' blobs live", orgName, ns)
 	}
 	org := &orgs.Items[i]
 	if err := CheckProject(org, orgs.Items, project, ns); err != nil {
-		return blob.Containers{}, nil, refuse("%s: %v", who, err)
+		return berthv1alpha1.BlobSettings{}, refuse("%s: %v", who, err)
 	}
-	bs := settings(org.Spec.Blob)
-	signer, err := h.signer(ctx, bs)
-	if err != nil {
-		return blob.Containers{}, nil, err
-	}
-	return blob.Containers{Uploads: bs.UploadsContainer, Projects: bs.ProjectsContainer, Artifacts: bs.ArtifactsContainer}, signer, nil
+	return org.Spec.Blob.WithDefaults(), nil
+}
+
+// containers are the org's three containers.
+func containers(bs berthv1alpha1.BlobSettings) blob.Containers {
+	return blob.Containers{Uploads: bs.UploadsContainer, Projects: bs.ProjectsContainer, Artifacts: bs.ArtifactsContainer}
 }
 
 // pod reads, from the API server, the Pod a token was bound to.
@@ -284,19 +290,4 @@ func (h *Handler) signer(ctx context.Context, bs berthv1alpha1.BlobSettings) (Si
 	}
 	h.identity[bs.AccountURL] = s
 	return s, nil
-}
-
-// settings fills in the containers' defaults.
-func settings(in *berthv1alpha1.BlobSettings) berthv1alpha1.BlobSettings {
-	bs := *in
-	if bs.UploadsContainer == "" {
-		bs.UploadsContainer = berthv1alpha1.DefaultUploadsContainer
-	}
-	if bs.ProjectsContainer == "" {
-		bs.ProjectsContainer = berthv1alpha1.DefaultProjectsContainer
-	}
-	if bs.ArtifactsContainer == "" {
-		bs.ArtifactsContainer = berthv1alpha1.DefaultArtifactsContainer
-	}
-	return bs
 }

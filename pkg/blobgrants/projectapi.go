@@ -68,10 +68,15 @@ func (a *ProjectAPI) projectGrant(r *http.Request, ns, project, which string, re
 	}); err != nil {
 		return blob.Grant{}, err
 	}
-	c, signer, err := a.project(ctx, project, ns, user.Username)
+	bs, err := a.project(ctx, project, ns, user.Username)
 	if err != nil {
 		return blob.Grant{}, err
 	}
+	signer, err := a.signer(ctx, bs)
+	if err != nil {
+		return blob.Grant{}, err
+	}
+	c := containers(bs)
 	perms := sas.BlobPermissions{Read: true}
 	switch which {
 	case blob.ProjectSource:

@@ -29,7 +29,7 @@ func CheckProject(org *berthv1alpha1.Organization, all []berthv1alpha1.Organizat
 		if other.Name == org.Name || other.Spec.Blob == nil || !claims(other, project) {
 			continue
 		}
-		if c := shared(settings(org.Spec.Blob), settings(other.Spec.Blob)); c != "" {
+		if c := shared(org.Spec.Blob.WithDefaults(), other.Spec.Blob.WithDefaults()); c != "" {
 			return fmt.Errorf("project %q could name the blobs of Organization %q too: both use container %q of %s; list each org's projects in spec.blob.projects so that none is in both, or give them their own containers",
 				project, other.Name, c, org.Spec.Blob.AccountURL)
 		}

@@ -50,7 +50,7 @@ func TestCheckProject(t *testing.T) {
 			all := append([]berthv1alpha1.Organization{tc.org}, tc.others...)
 			for i := range all {
 				if all[i].Spec.Blob != nil {
-					bs := settings(all[i].Spec.Blob)
+					bs := all[i].Spec.Blob.WithDefaults()
 					all[i].Spec.Blob = &bs
 				}
 			}

@@ -277,3 +277,19 @@ type OrganizationList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []Organization `json:"items"`
 }
+
+// WithDefaults returns the settings with the containers' defaults filled
+// in.
+func (in *BlobSettings) WithDefaults() BlobSettings {
+	bs := *in
+	if bs.UploadsContainer == "" {
+		bs.UploadsContainer = DefaultUploadsContainer
+	}
+	if bs.ProjectsContainer == "" {
+		bs.ProjectsContainer = DefaultProjectsContainer
+	}
+	if bs.ArtifactsContainer == "" {
+		bs.ArtifactsContainer = DefaultArtifactsContainer
+	}
+	return bs
+}
