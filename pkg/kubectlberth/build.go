@@ -84,6 +84,12 @@ func (c *Client) Build(ctx context.Context, o BuildOptions) (*batchv1.Job, error
 	if err != nil {
 		return nil, err
 	}
+	// Admission decides on the Job before the sources replace the
+	// project's: a Job berth or the API server refuses leaves them as
+	// they were.
+	if _, err := c.Kube.BatchV1().Jobs(c.Namespace).Create(ctx, job, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		return nil, fmt.Errorf("the build Job of project %q in namespace %q would be refused: %w", o.Project, c.Namespace, err)
+	}
 	store := c.store(o.Project)
 	size, err := blob.UploadTree(ctx, store, blob.DefaultUploadsContainer, blob.SourceName(o.Project), o.Dir, "", keep, blob.DefaultBackoff())
 	if err != nil {

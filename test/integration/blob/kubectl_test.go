@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/blob"
 	"berth.dev/berth/test/framework"
 	"berth.dev/berth/webhooks"
 )
@@ -233,6 +234,20 @@ func TestKubectlBerthBuildsAFolderToItsResult(t *testing.T) {
 		require.NoError(t, c.Client.List(t.Context(), &jobs, client.InNamespace(ns)))
 		assert.Len(t, jobs.Items, 1, "no Job is created")
 	})
+	t.Run("a Job admission refuses", func(t *testing.T) {
+		before, err := e.client.ServiceClient().NewContainerClient("uploads").NewBlobClient(blob.SourceName(shop)).GetProperties(t.Context(), nil)
+		require.NoError(t, err)
+		privileged := strings.Replace(readFile(t, jf), "name: build", "name: build\n        securityContext: {privileged: true}", 1)
+		bad := filepath.Join(t.TempDir(), "job.yaml")
+		require.NoError(t, os.WriteFile(bad, []byte(privileged), 0o644))
+		r := k.run(t, "build", src, "--project="+shop, "--image=example.com/build:1", "--job-file="+bad, "--", "make")
+		assert.Equal(t, 1, r.code)
+		assert.Contains(t, r.stderr, "would be refused")
+		assert.Contains(t, r.stderr, "privileged")
+		after, err := e.client.ServiceClient().NewContainerClient("uploads").NewBlobClient(blob.SourceName(shop)).GetProperties(t.Context(), nil)
+		require.NoError(t, err)
+		assert.Equal(t, *before.ETag, *after.ETag, "the project's sources are as they were")
+	})
 	t.Run("another org's project", func(t *testing.T) {
 		r := k.run(t, "build", src, "--project=not-ours-"+sfx, "--image=example.com/build:1", "--", "make")
 		assert.Equal(t, 1, r.code)
@@ -244,7 +259,7 @@ func TestKubectlBerthBuildsAFolderToItsResult(t *testing.T) {
 		v := kubectlBerth{bin: k.bin, kubeconfig: c.ServiceAccountKubeconfig(t, ns, "viewer"), ns: ns}
 		r := v.run(t, "build", src, "--project="+shop, "--image=example.com/build:1", "--", "make")
 		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "may not create jobs.batch")
+		assert.Contains(t, r.stderr, `cannot create resource "jobs"`, "the API server refuses the dry run, before any upload")
 		r = v.run(t, "logs", job)
 		assert.Equal(t, 0, r.code, "a viewer reads the log")
 	})
@@ -263,4 +278,11 @@ func TestKubectlBerthBuildsAFolderToItsResult(t *testing.T) {
 		assert.Contains(t, r.stderr, "sources 50.0 MiB up")
 		assert.Contains(t, r.stderr, "Job admitted")
 	})
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	return string(b)
 }
