@@ -7,6 +7,7 @@
 //	kubectl berth ls [--user U] [-o table|wide|json|yaml]
 //	kubectl berth wake|stop|touch WORKSPACE
 //	kubectl berth queue [-o table|wide|json|yaml]
+//	kubectl berth orgs [--all] [-o table|wide|json|yaml]
 //
 // It uses the kubeconfig, context and namespace as kubectl does, and
 // reaches berth-manager's API at --manager-url ($BERTH_MANAGER_URL) with
@@ -64,7 +65,7 @@ func newRoot() *cobra.Command {
 		"berth-manager's HTTPS URL, as your platform team exposes it [$"+kubectlberth.EnvManagerURL+"]")
 	root.PersistentFlags().StringVar(&o.manager.CAFile, "manager-ca-file", os.Getenv(kubectlberth.EnvManagerCAFile),
 		"PEM CA of berth-manager's certificate; empty trusts the system's roots [$"+kubectlberth.EnvManagerCAFile+"]")
-	root.AddCommand(buildCommand(o), logsCommand(o), resultCommand(o), lsCommand(o), queueCommand(o),
+	root.AddCommand(buildCommand(o), logsCommand(o), resultCommand(o), lsCommand(o), queueCommand(o), orgsCommand(o),
 		actionCommand(o, kubectlberth.ActionWake, "Start a stopped workspace through berth's admission; --wait holds until it runs"),
 		actionCommand(o, kubectlberth.ActionStop, "Stop a workspace: its Pod goes, its volumes stay"),
 		actionCommand(o, kubectlberth.ActionTouch, "Record activity on a workspace now, so its idle stop counts from now"))
@@ -273,6 +274,30 @@ func actionCommand(o *options, action, short string) *cobra.Command {
 	if action == kubectlberth.ActionWake {
 		cmd.Flags().DurationVar(&wait, "wait", 0, "wait until the workspace runs, at most this long (up to 2m); a refused start is an error with admission's reason")
 	}
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func orgsCommand(o *options) *cobra.Command {
+	var format string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "orgs",
+		Short: "Show your namespace's org (or --all of them): workspaces, builds and GPUs in use against their caps",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.reader(cmd, format)
+			if err != nil {
+				return err
+			}
+			list, err := c.Orgs(cmd.Context(), all)
+			if err != nil {
+				return err
+			}
+			return kubectlberth.PrintOrgs(c.Out, format, list)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every Organization, not only the namespace's")
 	outputFlag(cmd, &format)
 	return cmd
 }

@@ -141,3 +141,36 @@ func PrintSlots(w io.Writer, slots *OrgSlots) {
 		fmt.Fprintf(w, "org %s: %d builds running (%s), %d queued in all its namespaces\n", slots.Org, slots.Running, limit, slots.Queued)
 	}
 }
+
+// PrintOrgs writes kubectl berth orgs: each org's use against its caps.
+func PrintOrgs(w io.Writer, format string, list *berthv1alpha1.OrganizationList) error {
+	switch format {
+	case OutputJSON, OutputYAML:
+		return printObject(w, format, list, berthv1alpha1.SchemeGroupVersion.WithKind("OrganizationList"))
+	}
+	of := func(used int32, limit *int32) string {
+		if limit == nil {
+			return strconv.Itoa(int(used))
+		}
+		return fmt.Sprintf("%d/%d", used, *limit)
+	}
+	header := []string{"ORG", "WORKSPACES", "BUILDS", "QUEUED", "GPUS"}
+	if format == OutputWide {
+		header = append(header, "IDLE-TIMEOUT", "SPOT")
+	}
+	var cells [][]string
+	for _, o := range list.Items {
+		s := o.Status
+		c := []string{o.Name, of(s.Workspaces, o.Spec.MaxWorkspaces), of(s.RunningBuilds, o.Spec.MaxConcurrentBuilds),
+			strconv.Itoa(int(s.QueuedBuilds)), of(s.GPUs, o.Spec.MaxGPUs)}
+		if format == OutputWide {
+			idle := ""
+			if o.Spec.IdleTimeout != nil {
+				idle = o.Spec.IdleTimeout.Duration.String()
+			}
+			c = append(c, idle, string(o.Spec.SpotPolicy))
+		}
+		cells = append(cells, c)
+	}
+	return table(w, header, cells)
+}

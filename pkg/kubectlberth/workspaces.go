@@ -214,3 +214,35 @@ func since(t, now time.Time) string {
 	}
 	return duration.HumanDuration(now.Sub(t))
 }
+
+// Orgs reads the Organizations: all of them, or the namespace's. Both
+// are cluster-scoped, so a developer may need the platform team's leave.
+func (c *Client) Orgs(ctx context.Context, all bool) (*berthv1alpha1.OrganizationList, error) {
+	var list berthv1alpha1.OrganizationList
+	forbidden := func(err error) error {
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("%w; Organizations are cluster-scoped: ask the platform team for get and list on organizations.berth.dev, or see your namespace's builds with kubectl berth queue", err)
+		}
+		return err
+	}
+	if all {
+		if err := c.Berth.List(ctx, &list); err != nil {
+			return nil, forbidden(err)
+		}
+		return &list, nil
+	}
+	var ns corev1.Namespace
+	if err := c.Berth.Get(ctx, client.ObjectKey{Name: c.Namespace}, &ns); err != nil {
+		return nil, forbidden(fmt.Errorf("read namespace %q: %w", c.Namespace, err))
+	}
+	name := ns.Labels[berthv1alpha1.LabelOrg]
+	if name == "" {
+		return nil, fmt.Errorf("namespace %q belongs to no Organization (label %s); --all lists them all", c.Namespace, berthv1alpha1.LabelOrg)
+	}
+	var org berthv1alpha1.Organization
+	if err := c.Berth.Get(ctx, client.ObjectKey{Name: name}, &org); err != nil {
+		return nil, forbidden(fmt.Errorf("read Organization %q of namespace %q: %w", name, c.Namespace, err))
+	}
+	list.Items = []berthv1alpha1.Organization{org}
+	return &list, nil
+}

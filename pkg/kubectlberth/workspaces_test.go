@@ -80,3 +80,19 @@ running   shop      running     -          9m
 	require.NoError(t, PrintQueue(&out, OutputJSON, list, rows))
 	assert.Contains(t, out.String(), `"kind": "JobList"`)
 }
+
+func TestPrintOrgsShowsUseAgainstCaps(t *testing.T) {
+	list := &berthv1alpha1.OrganizationList{Items: []berthv1alpha1.Organization{
+		{ObjectMeta: metav1.ObjectMeta{Name: "acme"},
+			Spec: berthv1alpha1.OrganizationSpec{MaxWorkspaces: ptr.To[int32](50), MaxConcurrentBuilds: ptr.To[int32](4), MaxGPUs: ptr.To[int32](8),
+				IdleTimeout: &metav1.Duration{Duration: 30 * time.Minute}},
+			Status: berthv1alpha1.OrganizationStatus{Workspaces: 12, RunningBuilds: 4, QueuedBuilds: 3, GPUs: 2}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "globex"}, Status: berthv1alpha1.OrganizationStatus{Workspaces: 1}},
+	}}
+	var out bytes.Buffer
+	require.NoError(t, PrintOrgs(&out, OutputWide, list))
+	assert.Equal(t, `ORG      WORKSPACES   BUILDS   QUEUED   GPUS   IDLE-TIMEOUT   SPOT
+acme     12/50        4/4      3        2/8    30m0s          -
+globex   1            0        0        0      -              -
+`, out.String())
+}

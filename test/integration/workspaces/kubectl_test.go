@@ -2,6 +2,7 @@ package workspaces
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -97,6 +99,30 @@ func TestKubectlBerthWorkspaces(t *testing.T) {
 	code, out, _ = dev("ls", "--user=bob")
 	require.Equal(t, 0, code)
 	assert.NotContains(t, out, "ide")
+
+	// Organizations are cluster-scoped: the developer is told whom to ask;
+	// a platform engineer sees the org's use against its caps.
+	code, _, stderr = dev("orgs")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "ask the platform team for get and list on organizations.berth.dev")
+	env.Create(t, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-orgs"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{berthv1alpha1.GroupName}, Resources: []string{"organizations"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get"}},
+	}})
+	env.Create(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-orgs"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: ns + "-orgs"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "viewer", Namespace: ns}}})
+	framework.Eventually(t, 30*time.Second, "the viewer reads its org", func(context.Context) (bool, error) {
+		code, out, _ := viewer("orgs")
+		return code == 0 && strings.Contains(out, "ws-kubectl"), nil
+	})
+	code, out, _ = viewer("orgs")
+	assert.Regexp(t, `(?m)^ORG +WORKSPACES +BUILDS +QUEUED +GPUS$`, out)
+	assert.Regexp(t, `(?m)^ws-kubectl +\d+ +0 +0 +0$`, out)
+	code, out, _ = viewer("orgs", "--all", "-o", "json")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, `"kind": "OrganizationList"`)
+	assert.Contains(t, out, `"name": "ws-kubectl"`)
 
 	code, _, stderr = dev("ls", "-o", "xml")
 	assert.Equal(t, 1, code)
