@@ -117,6 +117,7 @@ func TestKubectlBerthWorkspaces(t *testing.T) {
 		return code == 0 && strings.Contains(out, "ws-kubectl"), nil
 	})
 	code, out, _ = viewer("orgs")
+	require.Equal(t, 0, code)
 	assert.Regexp(t, `(?m)^ORG +WORKSPACES +BUILDS +QUEUED +GPUS$`, out)
 	assert.Regexp(t, `(?m)^ws-kubectl +\d+ +0 +0 +0$`, out)
 	code, out, _ = viewer("orgs", "--all", "-o", "json")
