@@ -215,8 +215,18 @@ func checkSchedulerConfig(t *testing.T, root string, cms []*unstructured.Unstruc
 	t.Fatal("no ConfigMap berth-scheduler rendered")
 }
 
-// helm runs the pinned helm from the tool cache.
+// helm runs the pinned helm from the tool cache, and fails the test if
+// helm fails.
 func helm(t *testing.T, env *framework.ClusterEnv, args ...string) []byte {
+	t.Helper()
+	out, stderr, err := helmResult(t, env, args...)
+	require.NoError(t, err, "helm %s: %s", strings.Join(args, " "), stderr)
+	return out
+}
+
+// helmResult runs the pinned helm and returns its output, what it said on
+// stderr, and its error.
+func helmResult(t *testing.T, env *framework.ClusterEnv, args ...string) ([]byte, string, error) {
 	t.Helper()
 	if _, err := os.Stat(env.Tools.Helm); err != nil {
 		t.Fatalf("helm is not in the tool cache (%v): run `make tools`", err)
@@ -226,8 +236,7 @@ func helm(t *testing.T, env *framework.ClusterEnv, args ...string) []byte {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	require.NoError(t, err, "helm %s: %s", strings.Join(args, " "), stderr.String())
-	return out
+	return out, stderr.String(), err
 }
 
 // render is `helm template` of the chart into the release namespace,

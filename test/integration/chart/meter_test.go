@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -42,11 +41,9 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	require.NoError(t, err)
 	chart := filepath.Join(root, "charts", "berth")
 
-	cmd := exec.CommandContext(t.Context(), env.Tools.Helm, "template", "berth", chart, "--kube-version", "v1.36.0", "--set", "meter.enabled=true")
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := cmd.CombinedOutput()
+	_, stderr, err := helmResult(t, env, "template", "berth", chart, "--kube-version", "v1.36.0", "--set", "meter.enabled=true")
 	require.Error(t, err)
-	assert.Contains(t, string(out), "meter.enabled needs meter.database.secretName")
+	assert.Contains(t, stderr, "meter.enabled needs meter.database.secretName")
 
 	objs := render(t, env, chart, "--set", "meter.enabled=true", "--set", "meter.database.secretName=berth-db",
 		"--set", "meter.interval=2s", "--set-json", `meter.prices=[{"name":"spot-ssd","price":{"onDemand":1.248,"spot":0.187}}]`,

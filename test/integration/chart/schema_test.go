@@ -1,8 +1,6 @@
 package chart
 
 import (
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -22,10 +20,8 @@ func TestChartSchemaRefusesBadValues(t *testing.T) {
 	require.NoError(t, err)
 	chart := filepath.Join(root, "charts", "berth")
 	template := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(t.Context(), env.Tools.Helm, append([]string{"template", "berth", chart, "--kube-version", "v1.36.0"}, args...)...)
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		_, stderr, err := helmResult(t, env, append([]string{"template", "berth", chart, "--kube-version", "v1.36.0"}, args...)...)
+		return stderr, err
 	}
 	_, err = template()
 	require.NoError(t, err, "the defaults pass")
