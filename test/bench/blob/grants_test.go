@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -36,6 +38,22 @@ type grantEnv struct {
 	// nowhere is a nodeSelector that keeps a build Pod Pending, so the
 	// grant API answers for it for as long as the benchmark needs.
 	nowhere map[string]string
+}
+
+// azuriteClient is a plain client of a, with the org layout's containers
+// and the plain path's own.
+func azuriteClient(b *testing.B, a *framework.Azurite) *azblob.Client {
+	b.Helper()
+	c, err := azblob.NewClientFromConnectionString(a.ConnectionString(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"uploads", "projects", "artifacts", "bench"} {
+		if _, err := c.CreateContainer(b.Context(), name, nil); err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
+			b.Fatal(err)
+		}
+	}
+	return c
 }
 
 func startGrants(b *testing.B, a *framework.Azurite) *grantEnv {

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
-
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 )
@@ -34,15 +31,7 @@ const (
 // namespace berth does not touch. It reports the medians and their ratio.
 func BenchmarkBuildSubmit(b *testing.B) {
 	a := framework.AzuriteServer(b)
-	c, err := azblob.NewClientFromConnectionString(a.ConnectionString(), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, name := range []string{"uploads", "projects", "artifacts", "bench"} {
-		if _, err := c.CreateContainer(b.Context(), name, nil); err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
-			b.Fatal(err)
-		}
-	}
+	c := azuriteClient(b, a)
 	g := startGrants(b, a)
 	kubeconfig, jobFile := g.developer(b), g.jobFile(b)
 	bin := framework.Binary(b, "kubectl-berth")

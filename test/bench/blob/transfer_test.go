@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 
 	"berth.dev/berth/pkg/blob"
@@ -47,15 +46,7 @@ const (
 func BenchmarkBlobTransfer(b *testing.B) {
 	a := framework.AzuriteServer(b)
 	bin := framework.Binary(b, "berth-blob")
-	c, err := azblob.NewClientFromConnectionString(a.ConnectionString(), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, name := range []string{"uploads", "projects", "artifacts", "bench"} {
-		if _, err := c.CreateContainer(b.Context(), name, nil); err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
-			b.Fatal(err)
-		}
-	}
+	c := azuriteClient(b, a)
 	work := scratchDir(b)
 	out := filepath.Join(work, "out")
 	if err := os.MkdirAll(out, 0o755); err != nil {
