@@ -278,32 +278,38 @@ func (m *Meter) volumeGiB(ctx context.Context, pod *corev1.Pod) (float64, error)
 
 // endOf returns when the Pod stopped running and whether it has: a
 // finished Pod at its last container's finish, a Pod whose delete was
-// requested at that request (deletionTimestamp less the grace period).
+// requested at that request (deletionTimestamp less the grace period),
+// whichever came first when both did. The end must not depend on which
+// the meter sees first: a deleted Pod's containers finish after the
+// request, and a meter kept from the database sees only the later state.
 func endOf(pod *corev1.Pod) (time.Time, bool) {
-	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		var end time.Time
+	finished := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+	var end time.Time
+	if finished {
 		for _, cs := range pod.Status.ContainerStatuses {
 			if t := cs.State.Terminated; t != nil && t.FinishedAt.After(end) {
 				end = t.FinishedAt.Time
 			}
 		}
-		if end.IsZero() && pod.DeletionTimestamp != nil {
-			return deleteRequested(pod), true
-		}
-		if end.IsZero() {
-			// No container says when: the Pod's last condition change.
-			for _, c := range pod.Status.Conditions {
-				if c.LastTransitionTime.After(end) {
-					end = c.LastTransitionTime.Time
-				}
-			}
+	}
+	if pod.DeletionTimestamp != nil {
+		if d := deleteRequested(pod); end.IsZero() || d.Before(end) {
+			end = d
 		}
 		return end, true
 	}
-	if pod.DeletionTimestamp != nil {
-		return deleteRequested(pod), true
+	if !finished {
+		return time.Time{}, false
 	}
-	return time.Time{}, false
+	if end.IsZero() {
+		// No container says when: the Pod's last condition change.
+		for _, c := range pod.Status.Conditions {
+			if c.LastTransitionTime.After(end) {
+				end = c.LastTransitionTime.Time
+			}
+		}
+	}
+	return end, true
 }
 
 func deleteRequested(pod *corev1.Pod) time.Time {

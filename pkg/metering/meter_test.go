@@ -33,6 +33,15 @@ func TestEndOf(t *testing.T) {
 	assert.True(t, ended)
 	assert.Equal(t, t0.Add(20*time.Second), end, "a finished Pod is charged until its last container finished")
 
+	// Deleted while running, then finished by the kubelet after the
+	// request: the same end as when the meter saw only the delete.
+	killed := done.DeepCopy()
+	killed.Status.ContainerStatuses[1].State.Terminated.FinishedAt = at(50 * time.Second)
+	killed.DeletionGracePeriodSeconds = ptr.To[int64](30)
+	end, ended = endOf(killed)
+	assert.True(t, ended)
+	assert.Equal(t, t0.Add(30*time.Second), end, "a Pod finished by its delete is charged until the delete was requested")
+
 	failed := &corev1.Pod{Status: corev1.PodStatus{Phase: corev1.PodFailed, Conditions: []corev1.PodCondition{
 		{Type: corev1.PodReady, LastTransitionTime: at(5 * time.Second)},
 	}}}
