@@ -93,8 +93,12 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, fmt.Errorf("write metrics-server manifests: %w", err)
 		}
 	}
+	stages, err := kwokStages()
+	if err != nil {
+		return nil, err
+	}
 	config := filepath.Join(opts.WorkDir, opts.Name+"-kwokctl.yaml")
-	if err := os.WriteFile(config, kwokctlConfig(ports, manifestsDir), 0o644); err != nil {
+	if err := os.WriteFile(config, append(kwokctlConfig(ports, manifestsDir), stages...), 0o644); err != nil {
 		return nil, fmt.Errorf("write kwokctl config: %w", err)
 	}
 	args := []string{

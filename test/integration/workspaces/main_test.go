@@ -3,7 +3,8 @@
 // labelled Pod becomes a Workspace, a user's delete is a stop, an idle
 // workspace stops and a heartbeat keeps one alive, a wake goes through
 // admission (and a quota refuses it with a message), and the workspaces of
-// a deleted node come back on others with the same claims.
+// a deleted node come back on others with the same claims. A build whose
+// node is deleted runs again too, without using up its backoffLimit.
 package workspaces
 
 import (
@@ -34,8 +35,8 @@ var (
 )
 
 // setup returns the package's cluster and starts its berth-manager once:
-// webhooks, orgstatus and the workspaces controller; the stock scheduler
-// places the Pods.
+// webhooks, orgstatus, the build queue and the workspaces controller; the
+// stock scheduler places the Pods.
 func setup(t *testing.T) *framework.ClusterEnv {
 	t.Helper()
 	env := framework.Cluster(t)
@@ -43,7 +44,7 @@ func setup(t *testing.T) *framework.ClusterEnv {
 	defer managerMu.Unlock()
 	if manager == nil {
 		manager = framework.StartPackageManager(t, env, framework.ManagerOptions{
-			Args: []string{"--scheduler-name=", "--controllers=orgstatus,workspaces", "--v=1"},
+			Args: []string{"--scheduler-name=", "--controllers=orgstatus,buildqueue,workspaces", "--v=1"},
 		})
 	}
 	t.Cleanup(func() {
