@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/controllers"
 	"berth.dev/berth/pkg/quota"
 	"berth.dev/berth/pkg/requests"
 )
@@ -39,6 +40,8 @@ type Ledger interface {
 type PodWebhook struct {
 	Resolver *Resolver
 	Ledger   Ledger
+	// Audit records each quota denial for the org's audit log.
+	Audit *controllers.Auditor
 }
 
 var (
@@ -102,6 +105,10 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	}
 	var exceeded *quota.ExceededError
 	if errors.As(err, &exceeded) {
+		if !d.dryRun {
+			w.Audit.Record(t.Org, nil, corev1.EventTypeWarning, berthv1alpha1.AuditQuotaDenied, "Admit",
+				"Pod %s/%s (class %s, user %q) refused: %v", pod.Namespace, pod.Name, t.Class, pod.Labels[berthv1alpha1.LabelUser], exceeded)
+		}
 		return nil, d.deny(reasonQuota, apierrors.NewForbidden(corev1.Resource("pods"), pod.Name, exceeded))
 	}
 	if err != nil {

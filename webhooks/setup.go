@@ -12,6 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/controllers"
 	"berth.dev/berth/pkg/quota"
 )
 
@@ -34,7 +36,8 @@ func Setup(mgr ctrl.Manager, srv webhook.Server, cfg Config, kinds []string, led
 	for _, k := range kinds {
 		switch k {
 		case "pod":
-			w := &PodWebhook{Resolver: resolver, Ledger: ledger}
+			w := &PodWebhook{Resolver: resolver, Ledger: ledger,
+				Audit: &controllers.Auditor{Recorder: mgr.GetEventRecorder(berthv1alpha1.AuditReporter)}}
 			srv.Register(PathMutatePod, countPatches("Pod", admission.WithDefaulter[*corev1.Pod](mgr.GetScheme(), w)))
 			srv.Register(PathValidatePod, admission.WithValidator[*corev1.Pod](mgr.GetScheme(), w))
 		case "job":

@@ -45,7 +45,7 @@ func runMeter(ctx context.Context, args []string) error {
 	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", and "+audit.IngestPath+" with --audit-keys); 0 turns it off")
 	certFile := fs.String("tls-cert-file", "", "the API's serving certificate (PEM); empty generates a self-signed one")
 	keyFile := fs.String("tls-key-file", "", "the key of --tls-cert-file")
-	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit ingest off")
+	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit log off (the ingest, and the rows of berth-manager's own actions)")
 	auditKeyID := fs.String("audit-key-id", "", "the key id new audit rows are signed with (default: the greatest)")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
@@ -97,6 +97,20 @@ func runMeter(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Only labelled Pods and Jobs are cached: the meter never reads the
+	// others. With audit keys, so are berth-manager's audited Events.
+	byObject := map[client.Object]cache.ByObject{
+		&corev1.Pod{}:  {Label: labels.NewSelector().Add(*labelled)},
+		&batchv1.Job{}: {Label: labels.NewSelector().Add(*labelled)},
+	}
+	var ring *audit.Keyring
+	if *auditKeys != "" {
+		if ring, err = audit.LoadKeyring(*auditKeys, *auditKeyID); err != nil {
+			return fmt.Errorf("--audit-keys: %w", err)
+		}
+		obj, by := audit.EventsCache()
+		byObject[obj] = by
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
@@ -104,12 +118,7 @@ func runMeter(ctx context.Context, args []string) error {
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "berth-meter",
 		LeaderElectionNamespace: *namespace,
-		// Only labelled Pods and Jobs are cached: the meter never reads
-		// the others.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}:  {Label: labels.NewSelector().Add(*labelled)},
-			&batchv1.Job{}: {Label: labels.NewSelector().Add(*labelled)},
-		}},
+		Cache:                   cache.Options{ByObject: byObject},
 	})
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
@@ -124,6 +133,11 @@ func runMeter(ctx context.Context, args []string) error {
 	if err := (&metering.BuildMirror{Client: mgr.GetClient(), DB: db}).Register(mgr); err != nil {
 		return err
 	}
+	if ring != nil {
+		if err := (&audit.Events{Client: mgr.GetClient(), Log: &audit.Log{DB: db, Keys: ring}}).Register(mgr); err != nil {
+			return err
+		}
+	}
 	if *apiAddr != "0" {
 		kube, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
@@ -131,11 +145,7 @@ func runMeter(ctx context.Context, args []string) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle(metering.UsagePath, &metering.UsageAPI{DB: db, Kube: kube, Now: time.Now})
-		if *auditKeys != "" {
-			ring, err := audit.LoadKeyring(*auditKeys, *auditKeyID)
-			if err != nil {
-				return fmt.Errorf("--audit-keys: %w", err)
-			}
+		if ring != nil {
 			mux.Handle(audit.IngestPath, &audit.Ingest{
 				Log: &audit.Log{DB: db, Keys: ring}, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now,
 			})

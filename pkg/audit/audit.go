@@ -45,6 +45,10 @@ type Event struct {
 	Instruction         *string
 	Response            *string
 	Patch               *string
+	// Source names what the event was taken from, when berth may see it
+	// more than once (an Event berth-manager reported, say). An event
+	// whose source the org's chain already holds is not appended again.
+	Source string
 }
 
 // Row is one stored audit row.
@@ -55,6 +59,7 @@ type Row struct {
 	TokensIn, TokensOut                          int64
 	InstructionHMAC, ResponseHMAC, PatchHMAC     []byte
 	KeyID                                        string
+	Source                                       string
 	PrevHash, Hash                               []byte
 }
 
@@ -75,7 +80,9 @@ var genesis = make([]byte, 32)
 
 // Append records ev as the next row of its org's chain and returns the
 // row's sequence number. Appends to one org are serialised by a transaction
-// advisory lock on the org; orgs do not wait for each other.
+// advisory lock on the org; orgs do not wait for each other. An event with
+// a Source the chain already holds appends nothing, and returns the row
+// that holds it.
 func (l *Log) Append(ctx context.Context, ev Event) (int64, error) {
 	if err := ev.check(); err != nil {
 		return 0, err
@@ -86,7 +93,7 @@ func (l *Log) Append(ctx context.Context, ev Event) (int64, error) {
 	id := l.Keys.Current
 	r := Row{
 		Org: ev.Org, Actor: ev.Actor, Workspace: ev.Workspace, Action: ev.Action, Detail: ev.Detail,
-		Model: ev.Model, TokensIn: ev.TokensIn, TokensOut: ev.TokensOut, KeyID: id,
+		Model: ev.Model, TokensIn: ev.TokensIn, TokensOut: ev.TokensOut, KeyID: id, Source: ev.Source,
 		// PostgreSQL keeps microseconds; hash what it will give back.
 		At: ev.At.UTC().Truncate(time.Microsecond),
 	}
@@ -107,6 +114,12 @@ func (l *Log) Append(ctx context.Context, ev Event) (int64, error) {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('berth.dev/audit/' || $1, 0))", r.Org); err != nil {
 			return err
 		}
+		if r.Source != "" {
+			err := tx.QueryRow(ctx, "SELECT seq FROM audit_logs WHERE org = $1 AND source = $2", r.Org, r.Source).Scan(&r.Seq)
+			if err == nil || !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
 		r.Seq, r.PrevHash = 1, genesis
 		err := tx.QueryRow(ctx, "SELECT seq + 1, hash FROM audit_logs WHERE org = $1 ORDER BY seq DESC LIMIT 1", r.Org).Scan(&r.Seq, &r.PrevHash)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -116,10 +129,10 @@ func (l *Log) Append(ctx context.Context, ev Event) (int64, error) {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO audit_logs (org, seq, at, actor, workspace, action, detail, model,
-			tokens_in, tokens_out, instruction_hmac, response_hmac, patch_hmac, key_id, prev_hash, hash)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
+			tokens_in, tokens_out, instruction_hmac, response_hmac, patch_hmac, key_id, source, prev_hash, hash)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULLIF($15, ''), $16, $17)`,
 			r.Org, r.Seq, r.At, r.Actor, r.Workspace, r.Action, r.Detail, r.Model,
-			r.TokensIn, r.TokensOut, r.InstructionHMAC, r.ResponseHMAC, r.PatchHMAC, r.KeyID, r.PrevHash, r.Hash)
+			r.TokensIn, r.TokensOut, r.InstructionHMAC, r.ResponseHMAC, r.PatchHMAC, r.KeyID, r.Source, r.PrevHash, r.Hash)
 		return err
 	})
 	if err != nil {
@@ -140,14 +153,20 @@ func (ev *Event) check() error {
 	return nil
 }
 
-// fields are what a row's hash covers, in a fixed order.
+// fields are what a row's hash covers, in a fixed order. The source comes
+// last, and only when there is one, so rows written before sources existed
+// verify as they did.
 func (r *Row) fields() [][]byte {
 	num := func(v int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(v)) }
-	return [][]byte{
+	f := [][]byte{
 		[]byte(r.Org), num(r.Seq), num(r.At.UnixMicro()), []byte(r.Actor), []byte(r.Workspace),
 		[]byte(r.Action), []byte(r.Detail), []byte(r.Model), num(r.TokensIn), num(r.TokensOut),
 		r.InstructionHMAC, r.ResponseHMAC, r.PatchHMAC, []byte(r.KeyID), r.PrevHash,
 	}
+	if r.Source != "" {
+		f = append(f, []byte(r.Source))
+	}
+	return f
 }
 
 // Report is the outcome of verifying one org's chain.
@@ -174,7 +193,7 @@ func (b *Break) Error() string { return "row " + strconv.FormatInt(b.Seq, 10) + 
 // row that was changed, removed or reordered.
 func (l *Log) Verify(ctx context.Context, org string) (*Report, error) {
 	rows, err := l.DB.Query(ctx, `SELECT org, seq, at, actor, workspace, action, detail, model, tokens_in, tokens_out,
-		instruction_hmac, response_hmac, patch_hmac, key_id, prev_hash, hash
+		instruction_hmac, response_hmac, patch_hmac, key_id, coalesce(source, ''), prev_hash, hash
 		FROM audit_logs WHERE org = $1 ORDER BY seq`, org)
 	if err != nil {
 		return nil, err
@@ -184,7 +203,7 @@ func (l *Log) Verify(ctx context.Context, org string) (*Report, error) {
 	for rows.Next() {
 		var r Row
 		if err := rows.Scan(&r.Org, &r.Seq, &r.At, &r.Actor, &r.Workspace, &r.Action, &r.Detail, &r.Model,
-			&r.TokensIn, &r.TokensOut, &r.InstructionHMAC, &r.ResponseHMAC, &r.PatchHMAC, &r.KeyID, &r.PrevHash, &r.Hash); err != nil {
+			&r.TokensIn, &r.TokensOut, &r.InstructionHMAC, &r.ResponseHMAC, &r.PatchHMAC, &r.KeyID, &r.Source, &r.PrevHash, &r.Hash); err != nil {
 			return nil, err
 		}
 		if b := l.check(&r, rep); b != nil {

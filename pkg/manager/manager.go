@@ -37,6 +37,7 @@ import (
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/blobgrants"
 	"berth.dev/berth/pkg/certs"
+	"berth.dev/berth/pkg/controllers"
 	"berth.dev/berth/pkg/controllers/buildqueue"
 	"berth.dev/berth/pkg/controllers/orgstatus"
 	"berth.dev/berth/pkg/controllers/workspaces"
@@ -196,15 +197,16 @@ func metricsClient(mgr ctrl.Manager) (client.Reader, error) {
 }
 
 func addControllers(mgr ctrl.Manager, ledger *quota.Ledger, o Options) error {
+	audit := &controllers.Auditor{Recorder: mgr.GetEventRecorder(berthv1alpha1.AuditReporter)}
 	for _, name := range o.Controllers {
 		var err error
 		switch name {
 		case buildqueue.Name:
-			err = buildqueue.NewController(mgr.GetClient(), mgr.GetAPIReader()).Register(mgr)
+			err = buildqueue.NewController(mgr.GetClient(), mgr.GetAPIReader(), audit).Register(mgr)
 		case orgstatus.Name:
 			err = orgstatus.NewController(mgr.GetClient(), mgr.GetAPIReader(), ledger, clock.RealClock{}).Register(mgr)
 		case workspaces.Name:
-			wo := workspaces.Options{BusyCPU: o.WorkspaceBusyCPU}
+			wo := workspaces.Options{BusyCPU: o.WorkspaceBusyCPU, Audit: audit}
 			if wo.Metrics, err = metricsClient(mgr); err == nil {
 				err = workspaces.NewController(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetEventRecorder("berth-workspaces"), clock.RealClock{}, wo).Register(mgr)
 			}

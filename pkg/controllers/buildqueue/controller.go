@@ -32,11 +32,13 @@ const Name = "buildqueue"
 type Controller struct {
 	client client.Client // cached reads, writes
 	reader client.Reader // exact reads, from the API server
+	audit  *controllers.Auditor
 }
 
-// NewController returns a Controller.
-func NewController(c client.Client, reader client.Reader) *Controller {
-	return &Controller{client: c, reader: reader}
+// NewController returns a Controller. audit records each release for the
+// org's audit log; nil records none.
+func NewController(c client.Client, reader client.Reader, audit *controllers.Auditor) *Controller {
+	return &Controller{client: c, reader: reader, audit: audit}
 }
 
 // Name returns the controller's name.
@@ -79,6 +81,10 @@ func (c *Controller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		log.Info("released build", "org", org.Name, "job", client.ObjectKeyFromObject(j),
 			"queuedAt", j.Annotations[berthv1alpha1.AnnotationQueuedAt], "running", plan.Running+1)
+		c.audit.Record(org, j, corev1.EventTypeNormal, berthv1alpha1.AuditBuildReleased, "Release",
+			"build Job %s/%s (project %q, user %q) released, queued since %s; %d of the org's builds run",
+			j.Namespace, j.Name, j.Labels[berthv1alpha1.LabelProject], j.Labels[berthv1alpha1.LabelUser],
+			j.Annotations[berthv1alpha1.AnnotationQueuedAt], plan.Running+1)
 		plan.Running++
 	}
 	return ctrl.Result{}, nil

@@ -99,6 +99,9 @@ type Options struct {
 	// timeout counts as active though no heartbeat came (a long build in
 	// its terminal); zero turns the check off.
 	BusyCPU resource.Quantity
+	// Audit records idle and user stops, losses, wakes and recoveries for
+	// the org's audit log; nil records none.
+	Audit *controllers.Auditor
 }
 
 // Controller keeps Workspaces and their Pods in step.
@@ -482,11 +485,15 @@ func (r *run) accountGone(ctx context.Context, pod *corev1.Pod) (ctrl.Result, er
 	if loss == "" {
 		r.recorder.Eventf(ws, nil, corev1.EventTypeNormal, "Stopped", "Stop",
 			"Pod %s was deleted, which stops the workspace; its claims are kept. Set spec.started=true to start it again", ws.Status.PodName)
+		r.opts.Audit.Record(r.org, ws, corev1.EventTypeNormal, berthv1alpha1.AuditWorkspaceStopped, "Stop",
+			"workspace %s/%s stopped by its user: Pod %s was deleted", ws.Namespace, ws.Name, ws.Status.PodName)
 		stops.WithLabelValues(string(berthv1alpha1.StoppedUser)).Inc()
 		return ctrl.Result{}, r.setStarted(ctx, false, berthv1alpha1.StoppedUser)
 	}
 	r.recorder.Eventf(ws, nil, corev1.EventTypeWarning, "Lost", "Recover",
 		"Pod %s was lost (%s); berth starts the workspace again on another node with the same claims", ws.Status.PodName, loss)
+	r.opts.Audit.Record(r.org, ws, corev1.EventTypeWarning, berthv1alpha1.AuditWorkspaceLost, "Recover",
+		"workspace %s/%s lost Pod %s on node %s (%s)", ws.Namespace, ws.Name, ws.Status.PodName, ws.Status.NodeName, loss)
 	stops.WithLabelValues(string(berthv1alpha1.StoppedSpotLoss)).Inc()
 	err := r.writeStatus(ctx, ws, func(s *berthv1alpha1.WorkspaceStatus) {
 		s.Phase = berthv1alpha1.WorkspaceLost
@@ -595,6 +602,8 @@ func (r *run) running(ctx context.Context, pod *corev1.Pod) (ctrl.Result, error)
 	r.recorder.Eventf(ws, pod, corev1.EventTypeNormal, "Idle", "Stop",
 		"no activity for %s (Organization %s's idleTimeout is %s): stopped; its claims are kept. Set spec.started=true to start it again",
 		idle.Truncate(time.Second), r.org.Name, timeout)
+	r.opts.Audit.Record(r.org, ws, corev1.EventTypeNormal, berthv1alpha1.AuditWorkspaceStopped, "Stop",
+		"workspace %s/%s stopped for idleness: no activity for %s (idleTimeout %s)", ws.Namespace, ws.Name, idle.Truncate(time.Second), timeout)
 	stops.WithLabelValues(string(berthv1alpha1.StoppedIdle)).Inc()
 	return result, r.setStarted(ctx, false, berthv1alpha1.StoppedIdle)
 }
@@ -683,6 +692,12 @@ func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 	if err == nil || apierrors.IsAlreadyExists(err) {
 		if err == nil {
 			starts.WithLabelValues(trigger).Inc()
+			reason := berthv1alpha1.AuditWorkspaceWoken
+			if trigger == "recover" {
+				reason = berthv1alpha1.AuditWorkspaceRecovered
+			}
+			r.opts.Audit.Record(r.org, ws, corev1.EventTypeNormal, reason, "Start",
+				"workspace %s/%s started: Pod %s created (%s)", ws.Namespace, ws.Name, name, trigger)
 		}
 		return ctrl.Result{}, nil
 	}

@@ -188,3 +188,28 @@ func pgDump(t *testing.T, dsn string) string {
 	require.NoError(t, cmd.Run(), errOut.String())
 	return out.String()
 }
+
+// A row from a source berth may see twice is appended once; its source is
+// covered by its hash like every other field.
+func TestAuditAppendsASourceOnce(t *testing.T) {
+	pool, _ := migrated(t)
+	ring, err := audit.LoadKeyring(keyDir(t, "k1"), "")
+	require.NoError(t, err)
+	log := &audit.Log{DB: pool, Keys: ring}
+	ev := audit.Event{Org: "acme", Actor: audit.Actor, Action: "BuildReleased", Detail: "build Job acme-dev/b released", Source: "event/u-1/1"}
+	first, err := log.Append(t.Context(), ev)
+	require.NoError(t, err)
+	appendRows(t, log, "acme", 1)
+	again, err := log.Append(t.Context(), ev)
+	require.NoError(t, err)
+	assert.Equal(t, first, again, "the row that holds the source")
+	rep := verify(t, log, "acme")
+	require.Nil(t, rep.Broken)
+	assert.EqualValues(t, 2, rep.Rows)
+
+	exec1(t, pool, "UPDATE audit_logs SET source = 'event/u-2/1' WHERE org = 'acme' AND seq = $1", first)
+	rep = verify(t, log, "acme")
+	require.NotNil(t, rep.Broken)
+	assert.Equal(t, first, rep.Broken.Seq)
+	assert.Contains(t, rep.Broken.Why, "was changed")
+}
