@@ -53,6 +53,11 @@ type Config struct {
 	// it elsewhere (the not-ready and unreachable tolerationSeconds). Zero
 	// keeps the API server's default of 300 s.
 	WorkspaceNodeLossSeconds int64
+	// MeteringFinalizer adds berthv1alpha1.FinalizerMetering to every
+	// labelled Pod at its create, so that berth-meter charges a Pod it
+	// never saw run (created and deleted while it was down). Only with
+	// berth-meter installed: without it, the Pods are never deleted.
+	MeteringFinalizer bool
 }
 
 // DefaultWorkspaceNodeLossSeconds is WorkspaceNodeLossSeconds' default.

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -63,6 +64,9 @@ func (w *PodWebhook) Default(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	MutatePod(&pod.ObjectMeta, &pod.Spec, *t)
+	if w.Resolver.Config.MeteringFinalizer && d.operation == "CREATE" {
+		controllerutil.AddFinalizer(pod, berthv1alpha1.FinalizerMetering)
+	}
 	if err := w.validate(ctx, d, pod, t); err != nil {
 		return err
 	}

@@ -35,6 +35,7 @@ func main() {
 	flag.StringVar(&o.Webhook.BlobManagerCAFile, "blob-manager-ca-file", "", "PEM of the CA that signs berth-manager's serving certificate, passed to build Pods (default {cert-dir}/ca.crt)")
 	flag.BoolVar(&o.Webhook.BlobCredentialsInPods, "blob-credentials-in-pods", false, "local development only: pass the org's connection-string Secret, from the build's namespace, into build Pods instead of grants; any build could then read and overwrite every blob of the account")
 	flag.DurationVar(&o.BlobGrantMaxTTL, "blob-grant-max-ttl", blobgrants.DefaultMaxTTL, "the longest a build's blob URL lives; berth-blob asks for each when it needs it")
+	flag.BoolVar(&o.Webhook.MeteringFinalizer, "metering-finalizer", false, "add berth-meter's finalizer to every labelled Pod at admission, so that a Pod created and deleted while berth-meter is down is still charged; only with berth-meter running, which removes it")
 	flag.Int64Var(&o.Webhook.WorkspaceNodeLossSeconds, "workspace-node-loss-seconds", webhooks.DefaultWorkspaceNodeLossSeconds, "how long a workspace Pod tolerates a not-ready or unreachable node before it is evicted and started elsewhere; 0 keeps the API server's 300")
 	flag.StringVar(&o.WebhookBindAddress, "webhook-bind-address", ":9443", "host:port the webhook server listens on")
 	flag.StringVar(&o.WebhookURL, "webhook-url", "", "register webhook configurations reaching this https base URL (local cluster); empty uses the Helm chart's")

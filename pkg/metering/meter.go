@@ -29,7 +29,7 @@ import (
 // Finalizer keeps a labelled Pod until the meter has written its last
 // interval: a Pod deleted while the meter is down is still charged to the
 // second when it comes back.
-const Finalizer = "berth.dev/metering"
+const Finalizer = berthv1alpha1.FinalizerMetering
 
 // DefaultPoolLabel is the node label that names a node's pool, as the
 // prices name it.

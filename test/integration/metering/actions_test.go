@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -185,4 +186,39 @@ func keyring(t *testing.T, dir string) *audit.Keyring {
 	ring, err := audit.LoadKeyring(dir, "")
 	require.NoError(t, err)
 	return ring
+}
+
+// With --metering-finalizer, berth-manager adds the meter's finalizer at
+// admission: a Pod created, run and deleted while berth-meter is down is
+// kept until the meter is back, and charged to the second.
+func TestAPodTheMeterNeverSawRunIsCharged(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	t.Cleanup(func() { removeWebhooks(t, env) })
+	framework.StartManager(t, env, framework.ManagerOptions{
+		Args: []string{"--scheduler-name=", "--controllers=orgstatus", "--metering-finalizer"},
+	})
+	org := testutil.Org("unseen").Obj()
+	env.Create(t, org)
+	ns := env.Namespace(t, org.Name)
+
+	pod := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
+	env.Create(t, pod)
+	assert.Contains(t, pod.Finalizers, berthv1alpha1.FinalizerMetering, "added at admission")
+	framework.Eventually(t, time.Minute, "the Pod runs", func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod)
+		return pod.Status.StartTime != nil, err
+	})
+	time.Sleep(2 * time.Second)
+	require.NoError(t, env.Client.Delete(t.Context(), pod))
+	require.NoError(t, env.Client.Get(t.Context(), client.ObjectKeyFromObject(pod), pod), "the finalizer holds the Pod")
+
+	startMeter(t, env, dsn)
+	framework.Eventually(t, time.Minute, "the meter lets the Pod go", func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{})
+		return apierrors.IsNotFound(err), client.IgnoreNotFound(err)
+	})
+	end := pod.DeletionTimestamp.Add(-time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second)
+	got := stored(t, pool)
+	assert.InDelta(t, end.Sub(pod.Status.StartTime.Time).Seconds(), got[string(pod.UID)], 1e-6, "seconds run")
 }

@@ -31,6 +31,12 @@ const (
 	// was admitted (RFC 3339); queued builds are released oldest first. Only
 	// berth sets or changes it.
 	AnnotationQueuedAt = "berth.dev/queued-at"
+
+	// FinalizerMetering keeps a labelled Pod until berth-meter has
+	// written its last usage interval. berth-meter adds it when it first
+	// sees a Pod, and berth-manager at admission when it runs with
+	// --metering-finalizer; berth-meter removes it.
+	FinalizerMetering = "berth.dev/metering"
 )
 
 // Class is the kind of developer workload a Pod or Job is.
