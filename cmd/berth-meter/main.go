@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -119,11 +118,10 @@ func verify(ctx context.Context, args []string, out io.Writer) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	fmt.Fprintln(out, rep.API())
 	if rep.Broken != nil {
-		fmt.Fprintf(out, "org %s: chain broken at row %d: %s (%d rows before it verified)\n", rep.Org, rep.Broken.Seq, rep.Broken.Why, rep.Rows)
 		return 3, nil
 	}
-	fmt.Fprintf(out, "org %s: %d rows verified; head row %d, hash %s\n", rep.Org, rep.Rows, rep.HeadSeq, hex.EncodeToString(rep.HeadHash))
 	return 0, nil
 }
 

@@ -42,7 +42,7 @@ func runMeter(ctx context.Context, args []string) error {
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader, for several replicas: only the leader meters")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	healthAddr := fs.String("health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
-	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", and "+audit.IngestPath+" with --audit-keys); 0 turns it off")
+	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", and "+audit.IngestPath+" and "+audit.VerifyPath+" with --audit-keys); 0 turns it off")
 	certFile := fs.String("tls-cert-file", "", "the API's serving certificate (PEM); empty generates a self-signed one")
 	keyFile := fs.String("tls-key-file", "", "the key of --tls-cert-file")
 	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit log off (the ingest, and the rows of berth-manager's own actions)")
@@ -146,9 +146,9 @@ func runMeter(ctx context.Context, args []string) error {
 		mux := http.NewServeMux()
 		mux.Handle(metering.UsagePath, &metering.UsageAPI{DB: db, Kube: kube, Now: time.Now})
 		if ring != nil {
-			mux.Handle(audit.IngestPath, &audit.Ingest{
-				Log: &audit.Log{DB: db, Keys: ring}, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now,
-			})
+			log := &audit.Log{DB: db, Keys: ring}
+			mux.Handle(audit.IngestPath, &audit.Ingest{Log: log, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now})
+			mux.Handle(audit.VerifyPath, &audit.VerifyAPI{Log: log, Kube: kube})
 		}
 		tlsCfg, err := serving(*certFile, *keyFile)
 		if err != nil {

@@ -39,6 +39,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()
+	if errors.Is(err, errBrokenChain) {
+		os.Exit(3)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
@@ -49,6 +52,7 @@ func main() {
 type options struct {
 	kube    *genericclioptions.ConfigFlags
 	manager kubectlberth.Manager
+	meter   kubectlberth.Meter
 }
 
 func newRoot() *cobra.Command {
@@ -65,7 +69,12 @@ func newRoot() *cobra.Command {
 		"berth-manager's HTTPS URL, as your platform team exposes it [$"+kubectlberth.EnvManagerURL+"]")
 	root.PersistentFlags().StringVar(&o.manager.CAFile, "manager-ca-file", os.Getenv(kubectlberth.EnvManagerCAFile),
 		"PEM CA of berth-manager's certificate; empty trusts the system's roots [$"+kubectlberth.EnvManagerCAFile+"]")
+	root.PersistentFlags().StringVar(&o.meter.URL, "meter-url", os.Getenv(kubectlberth.EnvMeterURL),
+		"berth-meter's HTTPS URL, for usage and audit, as your platform team exposes it [$"+kubectlberth.EnvMeterURL+"]")
+	root.PersistentFlags().StringVar(&o.meter.CAFile, "meter-ca-file", os.Getenv(kubectlberth.EnvMeterCAFile),
+		"PEM CA of berth-meter's certificate; empty trusts the system's roots [$"+kubectlberth.EnvMeterCAFile+"]")
 	root.AddCommand(buildCommand(o), logsCommand(o), resultCommand(o), lsCommand(o), queueCommand(o), orgsCommand(o),
+		usageCommand(o), auditCommand(o),
 		actionCommand(o, kubectlberth.ActionWake, "Start a stopped workspace through berth's admission; --wait holds until it runs"),
 		actionCommand(o, kubectlberth.ActionStop, "Stop a workspace: its Pod goes, its volumes stay"),
 		actionCommand(o, kubectlberth.ActionTouch, "Record activity on a workspace now, so its idle stop counts from now"))
@@ -76,32 +85,10 @@ func newRoot() *cobra.Command {
 // namespace of the flags or the context, and to berth-manager unless
 // local is set.
 func (o *options) client(cmd *cobra.Command, local ...bool) (*kubectlberth.Client, error) {
-	config, err := o.kube.ToRESTConfig()
+	c, config, err := o.kubeClient(cmd)
 	if err != nil {
 		return nil, err
 	}
-	// The API server's warnings read as kubectl prints them, not as logs.
-	config.WarningHandler = rest.NewWarningWriter(cmd.ErrOrStderr(), rest.WarningWriterOptions{Deduplicate: true})
-	ns, _, err := o.kube.ToRawKubeConfigLoader().Namespace()
-	if err != nil {
-		return nil, err
-	}
-	kube, err := kubernetes.NewForConfig(config)
-	if err != nil {
-		return nil, err
-	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := berthv1alpha1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	berth, err := client.New(config, client.Options{Scheme: scheme})
-	if err != nil {
-		return nil, err
-	}
-	c := &kubectlberth.Client{Kube: kube, Berth: berth, Namespace: ns, Out: cmd.OutOrStdout(), ErrOut: cmd.ErrOrStderr()}
 	if len(local) == 0 || !local[0] {
 		if c.Manager, err = o.manager.HTTPClient(config); err != nil {
 			return nil, err
@@ -109,6 +96,50 @@ func (o *options) client(cmd *cobra.Command, local ...bool) (*kubectlberth.Clien
 		c.ManagerURL = o.manager.URL
 	}
 	return c, nil
+}
+
+// meterClient connects to the API server and to berth-meter.
+func (o *options) meterClient(cmd *cobra.Command) (*kubectlberth.Client, error) {
+	c, config, err := o.kubeClient(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if c.Meter, err = o.meter.HTTPClient(config); err != nil {
+		return nil, err
+	}
+	c.MeterURL = o.meter.URL
+	return c, nil
+}
+
+// kubeClient connects to the API server as the kubeconfig's user, in the
+// namespace of the flags or the context.
+func (o *options) kubeClient(cmd *cobra.Command) (*kubectlberth.Client, *rest.Config, error) {
+	config, err := o.kube.ToRESTConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	// The API server's warnings read as kubectl prints them, not as logs.
+	config.WarningHandler = rest.NewWarningWriter(cmd.ErrOrStderr(), rest.WarningWriterOptions{Deduplicate: true})
+	ns, _, err := o.kube.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return nil, nil, err
+	}
+	kube, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return nil, nil, err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, nil, err
+	}
+	if err := berthv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, nil, err
+	}
+	berth, err := client.New(config, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &kubectlberth.Client{Kube: kube, Berth: berth, Namespace: ns, Out: cmd.OutOrStdout(), ErrOut: cmd.ErrOrStderr()}, config, nil
 }
 
 func buildCommand(o *options) *cobra.Command {
@@ -300,4 +331,87 @@ func orgsCommand(o *options) *cobra.Command {
 	cmd.Flags().BoolVar(&all, "all", false, "every Organization, not only the namespace's")
 	outputFlag(cmd, &format)
 	return cmd
+}
+
+func usageCommand(o *options) *cobra.Command {
+	var format string
+	var u kubectlberth.UsageOptions
+	cmd := &cobra.Command{
+		Use:   "usage [--org ORG] [--by user|workspace|project|class|pool] [--since 720h] [--until TIME]",
+		Short: "Show an org's usage and cost from berth-meter: hours, CPU, memory and GPU hours, spot and on-demand dollars",
+		Long: `Show an org's usage and cost, summed by user, workspace, project, class or
+pool, as berth-meter has it in PostgreSQL. The org is the namespace's
+unless --org names one. You need get on usage.berth.dev named after the
+org (cluster-wide); ask the platform team for it.`,
+		Example: `  kubectl berth usage --by project --since 168h
+  kubectl berth usage --org acme --by user --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := kubectlberth.CheckOutput(format); err != nil {
+				return err
+			}
+			c, err := o.meterClient(cmd)
+			if err != nil {
+				return err
+			}
+			rep, err := c.Usage(cmd.Context(), u, time.Now())
+			if err != nil {
+				return err
+			}
+			return kubectlberth.PrintUsage(c.Out, format, rep)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&u.Org, "org", "", "the Organization; default the namespace's")
+	f.StringVar(&u.By, "by", "user", "sum by user, workspace, project, class or pool")
+	f.StringVar(&u.Since, "since", "", "start: an RFC 3339 time or a duration before now (720h); default 30 days ago")
+	f.StringVar(&u.Until, "until", "", "end: an RFC 3339 time or a duration before now; default now")
+	_ = cmd.RegisterFlagCompletionFunc("by", cobra.FixedCompletions(
+		[]string{"user", "workspace", "project", "class", "pool"}, cobra.ShellCompDirectiveNoFileComp))
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+// errBrokenChain makes kubectl berth exit 3, as berth-meter audit verify
+// does, when an audit chain does not verify.
+var errBrokenChain = errors.New("the audit chain does not verify")
+
+func auditCommand(o *options) *cobra.Command {
+	audit := &cobra.Command{Use: "audit", Short: "Check an org's tamper-evident audit log"}
+	var org, format string
+	verify := &cobra.Command{
+		Use:   "verify [--org ORG]",
+		Short: "Have berth-meter recompute an org's audit chain and name the first row changed, removed or reordered",
+		Long: `Have berth-meter recompute the org's audit chain from its first row. It
+prints the rows verified and the head (last row and its hash), or the first
+row that was changed, removed or reordered, and then exits 3. Keep the head
+somewhere the database's administrators cannot write: a chain cut at its
+end is still whole. You need get on auditlogs.berth.dev named after the org
+(cluster-wide).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := kubectlberth.CheckOutput(format); err != nil {
+				return err
+			}
+			c, err := o.meterClient(cmd)
+			if err != nil {
+				return err
+			}
+			rep, err := c.AuditVerify(cmd.Context(), org)
+			if err != nil {
+				return err
+			}
+			if err := kubectlberth.PrintAudit(c.Out, format, rep); err != nil {
+				return err
+			}
+			if rep.Broken != nil {
+				return errBrokenChain
+			}
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&org, "org", "", "the Organization; default the namespace's")
+	outputFlag(verify, &format)
+	audit.AddCommand(verify)
+	return audit
 }

@@ -31,9 +31,12 @@ type Client struct {
 	Berth      client.Client
 	Manager    *http.Client
 	ManagerURL string
-	Namespace  string
-	Out        io.Writer // what the developer asked for: the log, a URL
-	ErrOut     io.Writer // progress and notes
+	// Meter and MeterURL reach berth-meter's API (usage, audit check).
+	Meter     *http.Client
+	MeterURL  string
+	Namespace string
+	Out       io.Writer // what the developer asked for: the log, a URL
+	ErrOut    io.Writer // progress and notes
 	// PollInterval is how often a followed build is looked at; 0 means 1s.
 	PollInterval time.Duration
 }

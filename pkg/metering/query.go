@@ -17,6 +17,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	"k8s.io/client-go/kubernetes"
 
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/httpauth"
 )
 
@@ -40,20 +41,7 @@ type UsageQuery struct {
 }
 
 // Total is the usage of one value of the dimension.
-type Total struct {
-	Key                 string  `json:"key"`
-	RunningSeconds      float64 `json:"runningSeconds"`
-	CPUCoreSeconds      float64 `json:"cpuCoreSeconds"`
-	MemoryGiBSeconds    float64 `json:"memoryGiBSeconds"`
-	GPUSeconds          float64 `json:"gpuSeconds"`
-	ScratchGiBHours     float64 `json:"scratchGiBHours"`
-	VolumeGiBHours      float64 `json:"volumeGiBHours"`
-	PromptTokens        int64   `json:"promptTokens"`
-	GenerationTokens    int64   `json:"generationTokens"`
-	CostDollars         float64 `json:"costDollars"`
-	SpotCostDollars     float64 `json:"spotCostDollars"`
-	OnDemandCostDollars float64 `json:"onDemandCostDollars"`
-}
+type Total = berthv1alpha1.UsageTotal
 
 // Querier is the part of a pgx pool the query uses.
 type Querier interface {
@@ -136,8 +124,8 @@ func (a *UsageAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"org": q.Org, "by": q.By, "since": q.Since.Truncate(time.Hour), "until": q.Until.Truncate(time.Hour), "totals": totals,
+	_ = json.NewEncoder(w).Encode(berthv1alpha1.UsageReport{
+		Org: q.Org, By: q.By, Since: q.Since.Truncate(time.Hour), Until: q.Until.Truncate(time.Hour), Totals: totals,
 	})
 }
 
