@@ -12,9 +12,12 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
+	metricsv1beta1 "k8s.io/metrics/pkg/apis/metrics/v1beta1"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -123,7 +126,11 @@ func runMeter(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	m := &metering.Meter{Client: mgr.GetClient(), DB: db, Prices: prices, Keys: keys, PoolLabel: *poolLabel, Interval: *interval}
+	measure, err := measurer(mgr, *interval)
+	if err != nil {
+		return err
+	}
+	m := &metering.Meter{Client: mgr.GetClient(), DB: db, Prices: prices, Keys: keys, PoolLabel: *poolLabel, Interval: *interval, Measure: measure}
 	if err := m.Register(mgr); err != nil {
 		return err
 	}
@@ -183,3 +190,17 @@ func (v klogFlagValue) String() string {
 }
 
 func (v klogFlagValue) Set(s string) error { return v.fs.Set(v.name, s) }
+
+// measurer reads PodMetrics from metrics.k8s.io straight from the API
+// server, one list every half interval, so that each interval has a sample.
+func measurer(mgr ctrl.Manager, interval time.Duration) (*metering.Measurer, error) {
+	s := runtime.NewScheme()
+	if err := metricsv1beta1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	c, err := client.New(mgr.GetConfig(), client.Options{Scheme: s})
+	if err != nil {
+		return nil, err
+	}
+	return &metering.Measurer{Reader: c, Every: interval / 2, Clock: clock.RealClock{}}, nil
+}

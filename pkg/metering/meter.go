@@ -56,11 +56,17 @@ type Meter struct {
 	PoolLabel string
 	Interval  time.Duration
 	Clock     clock.PassiveClock
+	// Measure reads what Pods use from metrics.k8s.io; nil charges
+	// requests alone.
+	Measure *Measurer
 
 	mu sync.Mutex
 	// last holds, per Pod, the last interval this process wrote. A Pod it
 	// has not written is looked up in the database.
 	last map[types.UID]Row
+	// samples holds what Pods were measured to use in the intervals not
+	// yet written for good.
+	samples samples
 }
 
 // Register adds the meter to mgr as a controller of labelled Pods.
@@ -75,6 +81,7 @@ func (m *Meter) Register(mgr ctrl.Manager) error {
 		m.PoolLabel = DefaultPoolLabel
 	}
 	m.last = map[types.UID]Row{}
+	m.samples = samples{}
 	labelled := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		_, ok := o.GetLabels()[berthv1alpha1.LabelClass]
 		return ok
@@ -108,6 +115,7 @@ func (m *Meter) Reconcile(ctx context.Context, req reconcile.Request) (reconcile
 	}
 	if !ended {
 		if !facts.Start.IsZero() {
+			m.measure(ctx, &pod, now)
 			if err := m.write(ctx, facts, now); err != nil {
 				return reconcile.Result{}, err
 			}
@@ -130,8 +138,35 @@ func (m *Meter) Reconcile(ctx context.Context, req reconcile.Request) (reconcile
 	}
 	m.mu.Lock()
 	delete(m.last, pod.UID)
+	delete(m.samples, pod.UID)
 	m.mu.Unlock()
 	return reconcile.Result{}, nil
+}
+
+// measure takes a sample of what a running Pod uses, for the interval
+// holding now. A failed measurement charges requests, and is logged.
+func (m *Meter) measure(ctx context.Context, pod *corev1.Pod, now time.Time) {
+	if m.Measure == nil {
+		return
+	}
+	u, err := m.Measure.Use(ctx, pod.Namespace, pod.Name)
+	if err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "no use measured; requests are charged for this interval")
+		return
+	}
+	if !u.Measured {
+		return
+	}
+	m.mu.Lock()
+	m.samples.add(pod.UID, now.Truncate(m.Interval), u)
+	m.mu.Unlock()
+}
+
+// use returns the samples of one Pod, for Intervals.
+func (m *Meter) use(uid string) func(time.Time) Usage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.samples.of(types.UID(uid))
 }
 
 // write writes a running Pod's rows from the last interval written up to
@@ -141,7 +176,7 @@ func (m *Meter) write(ctx context.Context, p Pod, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	rows := Intervals(p, from, now, m.Interval, nil)
+	rows := Intervals(p, from, now, m.Interval, m.use(p.UID))
 	if err := Write(ctx, m.DB, rows); err != nil {
 		writeErrors.Inc()
 		return err
@@ -161,7 +196,7 @@ func (m *Meter) end(ctx context.Context, p Pod) error {
 	if e := p.End.Truncate(m.Interval); e.Before(from) {
 		from = e
 	}
-	rows := Intervals(p, from, p.End, m.Interval, nil)
+	rows := Intervals(p, from, p.End, m.Interval, m.use(p.UID))
 	if err := End(ctx, m.DB, p.UID, p.End, rows); err != nil {
 		writeErrors.Inc()
 		return err
@@ -208,6 +243,9 @@ func (m *Meter) written(p Pod, last Row, rows []Row) {
 	}
 	m.mu.Lock()
 	m.last[types.UID(p.UID)] = rows[len(rows)-1]
+	// What is written is in the database; only the open interval may be
+	// rewritten by this process, from its samples.
+	m.samples.written(types.UID(p.UID), rows[len(rows)-1].IntervalStart)
 	m.mu.Unlock()
 }
 
@@ -251,7 +289,8 @@ func (m *Meter) facts(ctx context.Context, pod *corev1.Pod) (Pod, error) {
 	p.Pool, p.Spot = node.Labels[m.PoolLabel], m.Keys.Spot.Matches(node.Labels)
 	a := node.Status.Allocatable
 	gpus := a[placement.GPUResource]
-	p.NodeShare = NodeShare(p.CPU, p.MemoryGiB, p.GPU, float64(a.Cpu().MilliValue())/1000, gib(a.Memory()), float64(gpus.Value()))
+	p.AllocCPU, p.AllocMemoryGiB, p.AllocGPU = float64(a.Cpu().MilliValue())/1000, gib(a.Memory()), float64(gpus.Value())
+	p.NodeShare = NodeShare(p.CPU, p.MemoryGiB, p.GPU, p.AllocCPU, p.AllocMemoryGiB, p.AllocGPU)
 	p.NodePrice = m.Prices.Hourly(p.Pool, p.Spot)
 	return p, nil
 }

@@ -35,10 +35,14 @@ var (
 		Name: "berth_meter_write_errors_total",
 		Help: "Usage writes that failed; the Pod is metered again with backoff, from the last interval written.",
 	})
+	measureErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "berth_meter_measure_errors_total",
+		Help: "Lists of PodMetrics from metrics.k8s.io that failed; requests alone are charged for that interval.",
+	})
 )
 
 func init() {
-	metrics.Registry.MustRegister(cpuSeconds, memorySeconds, gpuSeconds, costDollars, rowsWritten, writeErrors)
+	metrics.Registry.MustRegister(cpuSeconds, memorySeconds, gpuSeconds, costDollars, rowsWritten, writeErrors, measureErrors)
 }
 
 // count adds to the usage counters what r adds to prev, the same interval

@@ -32,15 +32,21 @@ type Pod struct {
 	CPU, MemoryGiB, GPU, ScratchGiB float64
 	// VolumeGiB is the requested size of the Pod's PersistentVolumeClaims.
 	VolumeGiB float64
-	// NodeShare is the part of its node the Pod is charged for, 0 to 1, and
-	// NodePrice the node's price in dollars an hour.
+	// NodeShare is the part of its node the Pod's requests take, 0 to 1,
+	// and NodePrice the node's price in dollars an hour.
 	NodeShare, NodePrice float64
+	// Alloc is the node's allocatable cores, GiB and GPUs: a measured use
+	// above the requests takes a larger share of the node. Zero when the
+	// node is not known.
+	AllocCPU, AllocMemoryGiB, AllocGPU float64
 }
 
-// Usage is what a Pod was measured to use during an interval: mean cores
-// and GiB. Zero when no measurement exists; requests are charged then.
+// Usage is what a Pod was measured to use during an interval: the largest
+// sample of cores and GiB. Measured is false when no sample was taken;
+// requests alone are charged then.
 type Usage struct {
 	CPU, MemoryGiB float64
+	Measured       bool
 }
 
 // Row is one usage interval of one Pod: the absolute amounts of that
@@ -68,6 +74,12 @@ type Row struct {
 	// Final is set on the rows of a Pod that has ended: they no longer
 	// change, and no later write changes them.
 	Final bool
+	// CPUUsedCores and MemoryUsedGiB are the use measured in the interval;
+	// nil when none was.
+	CPUUsedCores, MemoryUsedGiB *float64
+	// NodeShare is the share of the node charged (requests or measured
+	// use, whichever is larger) and NodePrice the node's hourly price.
+	NodeShare, NodePrice float64
 }
 
 // Intervals returns p's rows for the intervals of length step (starting at
@@ -94,7 +106,11 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 		if use != nil {
 			u = use(start)
 		}
-		rows = append(rows, Row{
+		share := p.NodeShare
+		if u.Measured && (p.AllocCPU > 0 || p.AllocMemoryGiB > 0) {
+			share = math.Max(share, NodeShare(math.Max(p.CPU, u.CPU), math.Max(p.MemoryGiB, u.MemoryGiB), p.GPU, p.AllocCPU, p.AllocMemoryGiB, p.AllocGPU))
+		}
+		row := Row{
 			UID: p.UID, IntervalStart: start, IntervalSeconds: int32(step / time.Second),
 			Org: p.Org, Namespace: p.Namespace, Name: p.Name, Class: p.Class,
 			User: p.User, Workspace: p.Workspace, Project: p.Project,
@@ -105,10 +121,15 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 			GPUSeconds:       p.GPU * secs,
 			ScratchGiBHours:  p.ScratchGiB * secs / 3600,
 			VolumeGiBHours:   p.VolumeGiB * secs / 3600,
-			CostDollars:      p.NodePrice * p.NodeShare * secs / 3600,
+			CostDollars:      p.NodePrice * share * secs / 3600,
 			// A row is final once the Pod has ended within what it covers.
-			Final: !p.End.IsZero() && !to.Before(earlier(end, p.End)),
-		})
+			Final:     !p.End.IsZero() && !to.Before(earlier(end, p.End)),
+			NodeShare: share, NodePrice: p.NodePrice,
+		}
+		if u.Measured {
+			row.CPUUsedCores, row.MemoryUsedGiB = &u.CPU, &u.MemoryGiB
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }

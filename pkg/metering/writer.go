@@ -20,12 +20,27 @@ var columns = []string{
 	"user_name", "workspace", "project", "node", "pool", "spot",
 	"running_seconds", "cpu_core_seconds", "memory_gib_seconds", "gpu_seconds",
 	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars", "final",
+	"cpu_used_cores", "memory_used_gib", "node_share", "node_price",
+}
+
+// kept are the columns a rewrite of an interval does not simply replace:
+// the largest measurement any meter took in it stays, and the charges it
+// drives are worked out again from it, for the rewrite's running seconds.
+var kept = map[string]string{
+	"cpu_used_cores":     "GREATEST(usage_intervals.cpu_used_cores, EXCLUDED.cpu_used_cores)",
+	"memory_used_gib":    "GREATEST(usage_intervals.memory_used_gib, EXCLUDED.memory_used_gib)",
+	"node_share":         "GREATEST(usage_intervals.node_share, EXCLUDED.node_share)",
+	"cpu_core_seconds":   "GREATEST(EXCLUDED.cpu_core_seconds, coalesce(usage_intervals.cpu_used_cores, 0) * EXCLUDED.running_seconds)",
+	"memory_gib_seconds": "GREATEST(EXCLUDED.memory_gib_seconds, coalesce(usage_intervals.memory_used_gib, 0) * EXCLUDED.running_seconds)",
+	"cost_dollars":       "EXCLUDED.node_price * GREATEST(usage_intervals.node_share, EXCLUDED.node_share) * EXCLUDED.running_seconds / 3600",
 }
 
 // upsert moves the staged rows into usage_intervals, in key order, so that
 // meters writing the same intervals at once lock them in the same order and
 // never deadlock. A staged row replaces the stored one: every column holds
-// an absolute value for its interval. Three kinds of row are dropped:
+// an absolute value for its interval, but for the measured use, which
+// keeps the largest sample any write brought (see kept). Three kinds of row
+// are dropped:
 //   - any row over a final one: the Pod had ended when that was written;
 //   - a row that is not final and covers less of its interval than the
 //     stored one: it is stale (written by a meter that has since lost its
@@ -34,6 +49,10 @@ var columns = []string{
 var upsert = func() string {
 	set := make([]string, 0, len(columns))
 	for _, c := range columns[2:] {
+		if v, ok := kept[c]; ok {
+			set = append(set, fmt.Sprintf("%s = %s", c, v))
+			continue
+		}
 		set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", c, c))
 	}
 	list := strings.Join(columns, ", ")
@@ -165,6 +184,7 @@ func rowValues(r *Row) []any {
 		r.User, r.Workspace, r.Project, r.Node, r.Pool, r.Spot,
 		r.RunningSeconds, r.CPUCoreSeconds, r.MemoryGiBSeconds, r.GPUSeconds,
 		r.ScratchGiBHours, r.VolumeGiBHours, r.PromptTokens, r.GenerationTokens, r.CostDollars, r.Final,
+		r.CPUUsedCores, r.MemoryUsedGiB, r.NodeShare, r.NodePrice,
 	}
 }
 

@@ -8,4 +8,5 @@ import (
 	"berth.dev/berth/test/framework"
 )
 
-func TestMain(m *testing.M) { framework.Main(m) }
+// metrics-server serves the use kwok reports, for the meter's measured charges.
+func TestMain(m *testing.M) { framework.Main(m, framework.WithMetricsServer()) }

@@ -291,3 +291,40 @@ func TestMeterMirrorsQuotasAndBuilds(t *testing.T) {
 		return errors.Is(err, pgx.ErrNoRows), nil
 	})
 }
+
+// A Pod that uses more CPU than it asks for, as metrics.k8s.io reports it,
+// is charged for its use in the intervals the meter measured it.
+func TestMeterChargesMeasuredUseAboveTheRequest(t *testing.T) {
+	env := framework.Cluster(t)
+	pool, dsn := migrated(t)
+	startMeter(t, env, dsn)
+	ns := env.Namespace(t, "acme")
+	nodes, err := env.NodesByPool(t.Context())
+	require.NoError(t, err)
+
+	pod := testutil.Pod("busy").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).User("ana").
+		Resource(corev1.ResourceCPU, "1").Resource(corev1.ResourceMemory, "2Gi").
+		Annotation("kwok.x-k8s.io/usage-cpu", "3").NodeName(nodes["spot-ssd"][0].Name).Obj()
+	pod.Finalizers = []string{hold}
+	require.NoError(t, env.Client.Create(t.Context(), pod))
+	framework.Eventually(t, 2*time.Minute, "three intervals charged with the use measured", func(ctx context.Context) (bool, error) {
+		var n int
+		err := pool.QueryRow(ctx, "SELECT count(*) FROM usage_intervals WHERE uid = $1 AND cpu_used_cores > 2.9", pod.UID).Scan(&n)
+		return n >= 3, err
+	})
+	require.NoError(t, env.Client.Delete(t.Context(), pod))
+	settle(t, env, []*corev1.Pod{pod})
+
+	// kwok reports the annotation's 3 cores, and metrics-server a hair
+	// more: the rows keep what was measured.
+	var secs, cpu, measuredSecs, measuredCPU, used float64
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT sum(running_seconds), sum(cpu_core_seconds),
+		coalesce(sum(running_seconds) FILTER (WHERE cpu_used_cores IS NOT NULL), 0), coalesce(sum(cpu_core_seconds) FILTER (WHERE cpu_used_cores IS NOT NULL), 0),
+		coalesce(sum(cpu_used_cores * running_seconds), 0)
+		FROM usage_intervals WHERE uid = $1`, pod.UID).Scan(&secs, &cpu, &measuredSecs, &measuredCPU, &used))
+	t.Logf("ran %.1f s, %.1f s of it in measured intervals; charged %.1f core-seconds", secs, measuredSecs, cpu)
+	assert.Greater(t, measuredSecs, 2.0)
+	assert.InDelta(t, used, measuredCPU, 1e-6, "measured intervals: the use, about 3 cores, over the 1 asked for")
+	assert.InDelta(t, 3*measuredSecs, measuredCPU, 0.01*measuredSecs)
+	assert.InDelta(t, 1*(secs-measuredSecs), cpu-measuredCPU, 1e-6, "the others: the request")
+}

@@ -175,3 +175,54 @@ func TestConcurrentMetersWriteEachIntervalOnce(t *testing.T) {
 	require.NoError(t, pool.QueryRow(t.Context(), "SELECT count(*) FROM usage_intervals").Scan(&n))
 	assert.Equal(t, len(all), n, fmt.Sprintf("one row per (uid, interval): %d", len(all)))
 }
+
+// A measured use is kept by PostgreSQL: the same interval written again
+// without a sample (by a restarted meter, which lost its samples) keeps
+// the charge, a larger sample raises it, and an end written late, with
+// fewer running seconds, charges the measured use for those seconds.
+func TestAMeasuredUseSurvivesRewrites(t *testing.T) {
+	pool, _ := migrated(t)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	p := metering.Pod{UID: "00000000-0000-0000-0000-0000000000f1", Org: "acme", Class: "workspace", Start: t0,
+		CPU: 1, MemoryGiB: 1, NodeShare: 1.0 / 16, NodePrice: 1.6, AllocCPU: 16, AllocMemoryGiB: 64}
+	measured := func(cpu float64) func(time.Time) metering.Usage {
+		return func(time.Time) metering.Usage { return metering.Usage{CPU: cpu, MemoryGiB: 0.5, Measured: true} }
+	}
+	write := func(to time.Time, use func(time.Time) metering.Usage) {
+		require.NoError(t, metering.Write(t.Context(), pool, metering.Intervals(p, t0, to, time.Minute, use)))
+	}
+	charged := func() (cpu, cost float64, used *float64) {
+		require.NoError(t, pool.QueryRow(t.Context(), "SELECT cpu_core_seconds, cost_dollars, cpu_used_cores FROM usage_intervals WHERE uid = $1",
+			p.UID).Scan(&cpu, &cost, &used))
+		return
+	}
+
+	write(t0.Add(30*time.Second), measured(3))
+	cpu, cost, used := charged()
+	assert.InDelta(t, 3*30, cpu, 1e-9)
+	assert.InDelta(t, 1.6*3/16*30/3600, cost, 1e-12)
+	require.NotNil(t, used)
+
+	write(t0.Add(40*time.Second), nil)
+	cpu, cost, _ = charged()
+	assert.InDelta(t, 3*40, cpu, 1e-9, "no sample: the stored one still counts, for the longer run")
+	assert.InDelta(t, 1.6*3/16*40/3600, cost, 1e-12)
+
+	write(t0.Add(45*time.Second), measured(2))
+	cpu, _, _ = charged()
+	assert.InDelta(t, 3*45, cpu, 1e-9, "a smaller sample does not lower it")
+	write(t0.Add(50*time.Second), measured(5))
+	cpu, _, used = charged()
+	assert.InDelta(t, 5*50, cpu, 1e-9, "a larger one raises it")
+	assert.InDelta(t, 5, *used, 1e-12)
+
+	p.End = t0.Add(20 * time.Second)
+	rows := metering.Intervals(p, t0, p.End, time.Minute, nil)
+	require.NoError(t, metering.End(t.Context(), pool, p.UID, p.End, rows))
+	cpu, cost, _ = charged()
+	assert.InDelta(t, 5*20, cpu, 1e-9, "the end seen late: the measured use, for the seconds run")
+	assert.InDelta(t, 1.6*5/16*20/3600, cost, 1e-12)
+	var hourly float64
+	require.NoError(t, pool.QueryRow(t.Context(), "SELECT cpu_core_seconds FROM usage_hourly WHERE uid = $1", p.UID).Scan(&hourly))
+	assert.InDelta(t, cpu, hourly, 1e-9, "the hourly sum agrees")
+}
