@@ -134,6 +134,9 @@ func runMeter(ctx context.Context, args []string) error {
 	if err := m.Register(mgr); err != nil {
 		return err
 	}
+	if err := (&metering.WorkspaceMeter{Meter: m}).Register(mgr); err != nil {
+		return err
+	}
 	if err := (&metering.QuotaMirror{Client: mgr.GetClient(), DB: db}).Register(mgr); err != nil {
 		return err
 	}

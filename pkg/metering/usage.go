@@ -35,6 +35,9 @@ type Pod struct {
 	// NodeShare is the part of its node the Pod's requests take, 0 to 1,
 	// and NodePrice the node's price in dollars an hour.
 	NodeShare, NodePrice float64
+	// Stopped marks a stopped workspace's claims, metered as a Pod of
+	// their own: only VolumeGiB is charged, and no running time.
+	Stopped bool
 	// Alloc is the node's allocatable cores, GiB and GPUs: a measured use
 	// above the requests takes a larger share of the node. Zero when the
 	// node is not known.
@@ -128,6 +131,9 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 		}
 		if u.Measured {
 			row.CPUUsedCores, row.MemoryUsedGiB = &u.CPU, &u.MemoryGiB
+		}
+		if p.Stopped {
+			row.RunningSeconds = 0
 		}
 		rows = append(rows, row)
 	}
