@@ -137,6 +137,9 @@ func runMeter(ctx context.Context, args []string) error {
 	if err := (&metering.WorkspaceMeter{Meter: m}).Register(mgr); err != nil {
 		return err
 	}
+	if err := mgr.Add(&metering.TokenScraper{Meter: m, Every: *interval / 2, HTTP: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{}}}); err != nil {
+		return err
+	}
 	if err := (&metering.QuotaMirror{Client: mgr.GetClient(), DB: db}).Register(mgr); err != nil {
 		return err
 	}

@@ -67,6 +67,8 @@ type Meter struct {
 	// samples holds what Pods were measured to use in the intervals not
 	// yet written for good.
 	samples samples
+	// tokens holds the vLLM token counters of inference Pods.
+	tokens map[types.UID]*tokenState
 }
 
 // Register adds the meter to mgr as a controller of labelled Pods.
@@ -82,6 +84,7 @@ func (m *Meter) Register(mgr ctrl.Manager) error {
 	}
 	m.last = map[types.UID]Row{}
 	m.samples = samples{}
+	m.tokens = map[types.UID]*tokenState{}
 	labelled := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		_, ok := o.GetLabels()[berthv1alpha1.LabelClass]
 		return ok
@@ -139,6 +142,7 @@ func (m *Meter) Reconcile(ctx context.Context, req reconcile.Request) (reconcile
 	m.mu.Lock()
 	delete(m.last, pod.UID)
 	delete(m.samples, pod.UID)
+	delete(m.tokens, pod.UID)
 	m.mu.Unlock()
 	return reconcile.Result{}, nil
 }
@@ -162,11 +166,22 @@ func (m *Meter) measure(ctx context.Context, pod *corev1.Pod, now time.Time) {
 	m.mu.Unlock()
 }
 
-// use returns the samples of one Pod, for Intervals.
+// use returns what was measured of one Pod, per interval, for Intervals:
+// its use samples and the tokens its vLLM counted.
 func (m *Meter) use(uid string) func(time.Time) Usage {
+	tokens := m.tokensOf(types.UID(uid))
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.samples.of(types.UID(uid))
+	measured := m.samples.of(types.UID(uid))
+	m.mu.Unlock()
+	return func(start time.Time) Usage {
+		u := measured(start)
+		t, counters := tokens(start)
+		u.PromptTokens, u.GenerationTokens = t.prompt, t.generation
+		if counters != nil {
+			u.PromptCounter, u.GenerationCounter = &counters[0], &counters[1]
+		}
+		return u
+	}
 }
 
 // write writes a running Pod's rows from the last interval written up to
@@ -246,6 +261,13 @@ func (m *Meter) written(p Pod, last Row, rows []Row) {
 	// What is written is in the database; only the open interval may be
 	// rewritten by this process, from its samples.
 	m.samples.written(types.UID(p.UID), rows[len(rows)-1].IntervalStart)
+	if st := m.tokens[types.UID(p.UID)]; st != nil {
+		for t := range st.byStart {
+			if t.Before(rows[len(rows)-1].IntervalStart) {
+				delete(st.byStart, t)
+			}
+		}
+	}
 	m.mu.Unlock()
 }
 

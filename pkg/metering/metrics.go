@@ -35,6 +35,14 @@ var (
 		Name: "berth_meter_write_errors_total",
 		Help: "Usage writes that failed; the Pod is metered again with backoff, from the last interval written.",
 	})
+	tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_usage_tokens_total",
+		Help: "Tokens inference Pods' vLLM counted, by org, class and kind (prompt or generation).",
+	}, []string{"org", "class", "kind"})
+	scrapeErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "berth_meter_scrape_errors_total",
+		Help: "Scrapes of inference Pods' token counters that failed; their tokens are counted at the next scrape that succeeds.",
+	})
 	measureErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "berth_meter_measure_errors_total",
 		Help: "Lists of PodMetrics from metrics.k8s.io that failed; requests alone are charged for that interval.",
@@ -42,7 +50,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(cpuSeconds, memorySeconds, gpuSeconds, costDollars, rowsWritten, writeErrors, measureErrors)
+	metrics.Registry.MustRegister(cpuSeconds, memorySeconds, gpuSeconds, costDollars, tokens, rowsWritten, writeErrors, scrapeErrors, measureErrors)
 }
 
 // count adds to the usage counters what r adds to prev, the same interval
@@ -52,4 +60,8 @@ func count(r, prev Row) {
 	memorySeconds.WithLabelValues(r.Org, r.Class).Add(max(0, r.MemoryGiBSeconds-prev.MemoryGiBSeconds))
 	gpuSeconds.WithLabelValues(r.Org, r.Class).Add(max(0, r.GPUSeconds-prev.GPUSeconds))
 	costDollars.WithLabelValues(r.Org, r.Class, strconv.FormatBool(r.Spot)).Add(max(0, r.CostDollars-prev.CostDollars))
+	if r.PromptTokens > prev.PromptTokens || r.GenerationTokens > prev.GenerationTokens {
+		tokens.WithLabelValues(r.Org, r.Class, "prompt").Add(float64(max(0, r.PromptTokens-prev.PromptTokens)))
+		tokens.WithLabelValues(r.Org, r.Class, "generation").Add(float64(max(0, r.GenerationTokens-prev.GenerationTokens)))
+	}
 }

@@ -50,6 +50,10 @@ type Pod struct {
 type Usage struct {
 	CPU, MemoryGiB float64
 	Measured       bool
+	// Tokens an inference Pod's vLLM counted in the interval, and its
+	// counters at the interval's last scrape (nil when none was taken).
+	PromptTokens, GenerationTokens   int64
+	PromptCounter, GenerationCounter *float64
 }
 
 // Row is one usage interval of one Pod: the absolute amounts of that
@@ -83,6 +87,9 @@ type Row struct {
 	// NodeShare is the share of the node charged (requests or measured
 	// use, whichever is larger) and NodePrice the node's hourly price.
 	NodeShare, NodePrice float64
+	// PromptCounter and GenerationCounter are an inference Pod's vLLM
+	// counters at the interval's last scrape; nil when none was taken.
+	PromptCounter, GenerationCounter *float64
 }
 
 // Intervals returns p's rows for the intervals of length step (starting at
@@ -96,7 +103,7 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 		runTo = p.End
 	}
 	if p.Start.IsZero() || !runFrom.Before(runTo) {
-		return nil
+		return lateTokens(p, to, step, use)
 	}
 	var rows []Row
 	for start := runFrom.Truncate(step); start.Before(runTo); start = start.Add(step) {
@@ -132,12 +139,39 @@ func Intervals(p Pod, from, to time.Time, step time.Duration, use func(start tim
 		if u.Measured {
 			row.CPUUsedCores, row.MemoryUsedGiB = &u.CPU, &u.MemoryGiB
 		}
+		row.PromptTokens, row.GenerationTokens = u.PromptTokens, u.GenerationTokens
+		row.PromptCounter, row.GenerationCounter = u.PromptCounter, u.GenerationCounter
 		if p.Stopped {
 			row.RunningSeconds = 0
 		}
 		rows = append(rows, row)
 	}
-	return rows
+	return append(rows, lateTokens(p, to, step, use)...)
+}
+
+// lateTokens returns the row of an ended Pod's tokens counted past its end
+// (its delete is known to the second, a scrape to the moment): they stay,
+// in a row that charges nothing else.
+func lateTokens(p Pod, to time.Time, step time.Duration, use func(time.Time) Usage) []Row {
+	if p.End.IsZero() || to.Before(p.End) || use == nil || p.Stopped {
+		return nil
+	}
+	late := p.End.Truncate(step)
+	if late.Before(p.End) {
+		late = late.Add(step)
+	}
+	u := use(late)
+	if u.PromptTokens == 0 && u.GenerationTokens == 0 {
+		return nil
+	}
+	return []Row{{
+		UID: p.UID, IntervalStart: late, IntervalSeconds: int32(step / time.Second),
+		Org: p.Org, Namespace: p.Namespace, Name: p.Name, Class: p.Class,
+		User: p.User, Workspace: p.Workspace, Project: p.Project,
+		Node: p.Node, Pool: p.Pool, Spot: p.Spot, NodePrice: p.NodePrice, Final: true,
+		PromptTokens: u.PromptTokens, GenerationTokens: u.GenerationTokens,
+		PromptCounter: u.PromptCounter, GenerationCounter: u.GenerationCounter,
+	}}
 }
 
 // NodeShare is the part of a node a Pod is charged for: the largest of its

@@ -21,6 +21,7 @@ var columns = []string{
 	"running_seconds", "cpu_core_seconds", "memory_gib_seconds", "gpu_seconds",
 	"scratch_gib_hours", "volume_gib_hours", "prompt_tokens", "generation_tokens", "cost_dollars", "final",
 	"cpu_used_cores", "memory_used_gib", "node_share", "node_price",
+	"prompt_tokens_counter", "generation_tokens_counter",
 }
 
 // kept are the columns a rewrite of an interval does not simply replace:
@@ -33,6 +34,12 @@ var kept = map[string]string{
 	"cpu_core_seconds":   "GREATEST(EXCLUDED.cpu_core_seconds, coalesce(usage_intervals.cpu_used_cores, 0) * EXCLUDED.running_seconds)",
 	"memory_gib_seconds": "GREATEST(EXCLUDED.memory_gib_seconds, coalesce(usage_intervals.memory_used_gib, 0) * EXCLUDED.running_seconds)",
 	"cost_dollars":       "EXCLUDED.node_price * GREATEST(usage_intervals.node_share, EXCLUDED.node_share) * EXCLUDED.running_seconds / 3600",
+	// Tokens counted only grow within an interval; the counters are the
+	// last scrape's, when the write brings one.
+	"prompt_tokens":             "GREATEST(usage_intervals.prompt_tokens, EXCLUDED.prompt_tokens)",
+	"generation_tokens":         "GREATEST(usage_intervals.generation_tokens, EXCLUDED.generation_tokens)",
+	"prompt_tokens_counter":     "coalesce(EXCLUDED.prompt_tokens_counter, usage_intervals.prompt_tokens_counter)",
+	"generation_tokens_counter": "coalesce(EXCLUDED.generation_tokens_counter, usage_intervals.generation_tokens_counter)",
 }
 
 // upsert moves the staged rows into usage_intervals, in key order, so that
@@ -72,11 +79,12 @@ var sums = []string{
 
 // rollup recomputes usage_hourly for the Pods and hours the staged rows
 // touched, from usage_intervals: sums of absolute values, so a rollup done
-// twice holds the same. rollupEnd does the same for one Pod's hour that
-// holds its end ($1, $2).
+// twice holds the same. rollupEnd does the same for one Pod's hours from
+// the one that holds its end ($1, $2).
 var (
 	rollup    = rollupOf(`SELECT DISTINCT uid, date_trunc('hour', interval_start, 'UTC') AS hour FROM usage_stage`)
-	rollupEnd = rollupOf(`SELECT $1::uuid AS uid, date_trunc('hour', $2::timestamptz, 'UTC') AS hour`)
+	rollupEnd = rollupOf(`SELECT DISTINCT uid, date_trunc('hour', interval_start, 'UTC') AS hour FROM usage_intervals
+		WHERE uid = $1::uuid AND interval_start >= date_trunc('hour', $2::timestamptz, 'UTC')`)
 )
 
 func rollupOf(touched string) string {
@@ -117,7 +125,9 @@ func Write(ctx context.Context, db DB, rows []Row) error {
 // be final and cover every interval from the one holding end back to the
 // last interval written while the Pod was taken to run: those may have been
 // charged past the end, by a meter that saw the end late. Rows of intervals
-// that start at or after end are removed.
+// that start at or after end are removed, but for those that hold tokens
+// (an inference Pod scraped in the second its delete was truncated from):
+// they stay, final, with no running time and nothing else charged.
 func End(ctx context.Context, db DB, uid string, end time.Time, rows []Row) error {
 	rows = lastPerKey(rows)
 	for i := range rows {
@@ -129,6 +139,16 @@ func End(ctx context.Context, db DB, uid string, end time.Time, rows []Row) erro
 		if _, err := tx.Exec(ctx, `INSERT INTO metered_ends (uid, ended_at) VALUES ($1, $2) ON CONFLICT (uid) DO NOTHING`, uid, end); err != nil {
 			return fmt.Errorf("record the end of Pod %s: %w", uid, err)
 		}
+		if len(rows) > 0 {
+			if err := write(ctx, tx, rows); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE usage_intervals SET running_seconds = 0, cpu_core_seconds = 0, memory_gib_seconds = 0,
+			gpu_seconds = 0, scratch_gib_hours = 0, volume_gib_hours = 0, cost_dollars = 0, final = true
+			WHERE uid = $1 AND interval_start >= $2 AND NOT final AND (prompt_tokens > 0 OR generation_tokens > 0)`, uid, end); err != nil {
+			return fmt.Errorf("keep the tokens past the end of Pod %s: %w", uid, err)
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM usage_intervals WHERE uid = $1 AND interval_start >= $2 AND NOT final`, uid, end); err != nil {
 			return fmt.Errorf("remove usage past the end of Pod %s: %w", uid, err)
 		}
@@ -136,12 +156,9 @@ func End(ctx context.Context, db DB, uid string, end time.Time, rows []Row) erro
 			return fmt.Errorf("remove hourly usage past the end of Pod %s: %w", uid, err)
 		}
 		if _, err := tx.Exec(ctx, rollupEnd, uid, end); err != nil {
-			return fmt.Errorf("sum the last hour of Pod %s: %w", uid, err)
+			return fmt.Errorf("sum the last hours of Pod %s: %w", uid, err)
 		}
-		if len(rows) == 0 {
-			return nil
-		}
-		return write(ctx, tx, rows)
+		return nil
 	})
 }
 
@@ -185,6 +202,7 @@ func rowValues(r *Row) []any {
 		r.RunningSeconds, r.CPUCoreSeconds, r.MemoryGiBSeconds, r.GPUSeconds,
 		r.ScratchGiBHours, r.VolumeGiBHours, r.PromptTokens, r.GenerationTokens, r.CostDollars, r.Final,
 		r.CPUUsedCores, r.MemoryUsedGiB, r.NodeShare, r.NodePrice,
+		r.PromptCounter, r.GenerationCounter,
 	}
 }
 
