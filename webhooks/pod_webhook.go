@@ -110,8 +110,10 @@ func (w *PodWebhook) ValidateCreate(ctx context.Context, pod *corev1.Pod) (admis
 	var exceeded *quota.ExceededError
 	if errors.As(err, &exceeded) {
 		if !d.dryRun {
+			// No Pod name: the same denial repeated is one Event with a
+			// count, so a burst of refused creates costs one write.
 			w.Audit.Record(t.Org, nil, corev1.EventTypeWarning, berthv1alpha1.AuditQuotaDenied, "Admit",
-				"Pod %s/%s (class %s, user %q) refused: %v", pod.Namespace, pod.Name, t.Class, pod.Labels[berthv1alpha1.LabelUser], exceeded)
+				"a %s Pod of user %q in namespace %s refused: %v", t.Class, pod.Labels[berthv1alpha1.LabelUser], pod.Namespace, exceeded)
 		}
 		return nil, d.deny(reasonQuota, apierrors.NewForbidden(corev1.Resource("pods"), pod.Name, exceeded))
 	}

@@ -26,6 +26,7 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/audit"
+	"berth.dev/berth/pkg/controllers"
 	"berth.dev/berth/pkg/manager"
 	"berth.dev/berth/pkg/metering"
 	"berth.dev/berth/pkg/placement"
@@ -45,7 +46,7 @@ func runMeter(ctx context.Context, args []string) error {
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader, for several replicas: only the leader meters")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "host:port of the Prometheus metrics; 0 turns them off")
 	healthAddr := fs.String("health-probe-bind-address", ":8081", "host:port of /healthz and /readyz")
-	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", and "+audit.IngestPath+" and "+audit.VerifyPath+" with --audit-keys); 0 turns it off")
+	apiAddr := fs.String("api-bind-address", ":8443", "host:port of the HTTPS API ("+metering.UsagePath+", /v1/namespaces/{ns}/costs, and "+audit.IngestPath+" and "+audit.VerifyPath+" with --audit-keys); 0 turns it off")
 	certFile := fs.String("tls-cert-file", "", "the API's serving certificate (PEM); empty generates a self-signed one")
 	keyFile := fs.String("tls-key-file", "", "the key of --tls-cert-file")
 	auditKeys := fs.String("audit-keys", "", "directory of audit HMAC keys, one file per key id (the mounted Secret); empty turns the audit log off (the ingest, and the rows of berth-manager's own actions)")
@@ -158,6 +159,10 @@ func runMeter(ctx context.Context, args []string) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle(metering.UsagePath, &metering.UsageAPI{DB: db, Kube: kube, Now: time.Now})
+		mux.Handle(metering.CostsPattern, &metering.CostAPI{DB: db, Kube: kube, Now: time.Now,
+			Org: func(ctx context.Context, ns string) (string, error) {
+				return controllers.NamespaceOrg(ctx, mgr.GetClient(), ns)
+			}})
 		if ring != nil {
 			log := &audit.Log{DB: db, Keys: ring}
 			mux.Handle(audit.IngestPath, &audit.Ingest{Log: log, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now})

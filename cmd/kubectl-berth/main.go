@@ -238,12 +238,20 @@ func lsCommand(o *options) *cobra.Command {
 	var format, user string
 	cmd := &cobra.Command{
 		Use:   "ls",
-		Short: "List the namespace's workspaces, running and stopped: phase, idle time, node and pool",
-		Args:  cobra.NoArgs,
+		Short: "List the namespace's workspaces, running and stopped: phase, idle time, node, pool and cost an hour",
+		Long: `List the namespace's workspaces, running and stopped: phase, idle time,
+node, pool and, with --meter-url (or $BERTH_METER_URL), what each running
+one costs an hour, as berth-meter metered its last interval.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := o.reader(cmd, format)
 			if err != nil {
 				return err
+			}
+			if o.meter.URL != "" {
+				if c, err = o.meterClient(cmd); err != nil {
+					return err
+				}
 			}
 			list, rows, err := c.Workspaces(cmd.Context(), user, time.Now())
 			if err != nil {

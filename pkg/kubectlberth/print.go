@@ -81,13 +81,13 @@ func PrintWorkspaces(w io.Writer, format string, list runtime.Object, rows []Wor
 	case OutputJSON, OutputYAML:
 		return printObject(w, format, list, berthv1alpha1.SchemeGroupVersion.WithKind("WorkspaceList"))
 	}
-	header := []string{"NAME", "USER", "PHASE", "IDLE", "STOPPED-BY", "NODE", "POOL", "AGE"}
+	header := []string{"NAME", "USER", "PHASE", "IDLE", "STOPPED-BY", "NODE", "POOL", "COST/H", "AGE"}
 	if format == OutputWide {
 		header = append(header, "POD", "MESSAGE")
 	}
 	var cells [][]string
 	for _, r := range rows {
-		c := []string{r.Name, r.User, string(r.Phase), r.Idle, string(r.StoppedBy), r.Node, r.Pool, r.Age}
+		c := []string{r.Name, r.User, string(r.Phase), r.Idle, string(r.StoppedBy), r.Node, r.Pool, r.Cost, r.Age}
 		if format == OutputWide {
 			c = append(c, r.Pod, r.Message)
 		}

@@ -85,18 +85,32 @@ type WorkspaceRow struct {
 	StoppedBy berthv1alpha1.StopReason
 	Node      string
 	Pool      string
-	Age       string
-	Pod       string
-	Message   string
+	// Cost is what it costs an hour now, as berth-meter metered it: empty
+	// when berth-meter is not reached or has no interval of it yet.
+	Cost    string
+	Age     string
+	Pod     string
+	Message string
 }
 
 // Workspaces lists the namespace's workspaces, running and stopped, of
 // user when it is set. The pool comes from the node's berth.dev/pool
-// label, when the developer may read nodes.
+// label, when the developer may read nodes; the cost an hour from
+// berth-meter, when the client reaches it.
 func (c *Client) Workspaces(ctx context.Context, user string, now time.Time) (*berthv1alpha1.WorkspaceList, []WorkspaceRow, error) {
 	var list berthv1alpha1.WorkspaceList
 	if err := c.Berth.List(ctx, &list, client.InNamespace(c.Namespace)); err != nil {
 		return nil, nil, fmt.Errorf("list the workspaces of namespace %q: %w", c.Namespace, err)
+	}
+	costs := map[string]string{}
+	if c.Meter != nil {
+		var wc berthv1alpha1.WorkspaceCosts
+		if err := c.meterGet(ctx, "/v1/namespaces/"+url.PathEscape(c.Namespace)+"/costs", &wc); err != nil {
+			return nil, nil, fmt.Errorf("the workspaces' costs from berth-meter: %w", err)
+		}
+		for _, w := range wc.Workspaces {
+			costs[w.Name] = fmt.Sprintf("$%.4f", w.DollarsPerHour)
+		}
 	}
 	pools := map[string]string{}
 	pool := func(node string) string {
@@ -124,6 +138,9 @@ func (c *Client) Workspaces(ctx context.Context, user string, now time.Time) (*b
 		r := WorkspaceRow{Name: ws.Name, User: u, Phase: ws.Status.Phase, StoppedBy: ws.Status.StoppedBy,
 			Node: ws.Status.NodeName, Pool: pool(ws.Status.NodeName), Pod: ws.Status.PodName, Message: ws.Status.Message,
 			Age: since(ws.CreationTimestamp.Time, now)}
+		if ws.Status.Phase == berthv1alpha1.WorkspaceRunning {
+			r.Cost = costs[ws.Name]
+		}
 		if ws.Status.Phase == berthv1alpha1.WorkspaceRunning && ws.Status.LastActivity != nil {
 			r.Idle = since(ws.Status.LastActivity.Time, now)
 		}

@@ -66,7 +66,7 @@ func TestBerthsOwnActionsBecomeAuditRows(t *testing.T) {
 		case berthv1alpha1.AuditWorkspaceWoken:
 			assert.Equal(t, "ws-a", r.workspace)
 		case berthv1alpha1.AuditQuotaDenied:
-			assert.Contains(t, r.detail, ns+"/ws-b-")
+			assert.Contains(t, r.detail, `a workspace Pod of user "ana" in namespace `+ns)
 			assert.Contains(t, r.detail, "maxWorkspaces")
 		case berthv1alpha1.AuditBuildReleased:
 			assert.Contains(t, r.detail, "build Job "+ns+"/build")

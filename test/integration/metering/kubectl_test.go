@@ -67,6 +67,7 @@ func TestKubectlBerthUsageAndAuditVerify(t *testing.T) {
 	env.Create(t, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-finance"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{"berth.dev"}, Resources: []string{"usage", "auditlogs"}, ResourceNames: []string{"acme"}, Verbs: []string{"get"}},
 		{APIGroups: []string{""}, Resources: []string{"namespaces"}, ResourceNames: []string{ns}, Verbs: []string{"get"}},
+		{APIGroups: []string{"berth.dev"}, Resources: []string{"workspaces"}, Verbs: []string{"get", "list"}},
 	}})
 	env.Create(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-finance"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: ns + "-finance"},
@@ -136,4 +137,24 @@ func TestKubectlBerthUsageAndAuditVerify(t *testing.T) {
 	code, _, stderr = kubectl(append([]string{"audit", "verify", "--org=globex"}, meterFlags...)...)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, `may not get auditlogs.berth.dev "globex" cluster-wide`)
+
+	// ls: what a running workspace costs an hour, by its last interval
+	// metered: 1/8 of a $0.80 spot node is $0.10 an hour.
+	ws := &berthv1alpha1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: ns},
+		Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: startedWorkspace(ns, "ide").Spec.Template}}
+	env.Create(t, ws)
+	ws.Status.Phase = berthv1alpha1.WorkspaceRunning
+	require.NoError(t, env.Client.Status().Update(t.Context(), ws))
+	now := time.Now().Truncate(time.Minute)
+	require.NoError(t, metering.Write(t.Context(), pool, metering.Intervals(metering.Pod{
+		UID: "00000000-0000-0000-0000-0000000000a3", Org: "acme", Namespace: ns, Name: "ide-1-abcde", Class: "workspace",
+		User: "ana", Workspace: "ide", Start: now.Add(-2 * time.Minute), CPU: 2, NodeShare: 0.125, NodePrice: 0.8, Spot: true,
+	}, now.Add(-2*time.Minute), now.Add(30*time.Second), time.Minute, nil)))
+	code, out, _ = kubectl(append([]string{"ls"}, meterFlags...)...)
+	require.Equal(t, 0, code)
+	assert.Regexp(t, `(?m)^NAME +USER +PHASE +IDLE +STOPPED-BY +NODE +POOL +COST/H +AGE$`, out)
+	assert.Regexp(t, `(?m)^ide +ana +Running +- +- +- +- +\$0\.1000 +`, out)
+	code, out, _ = kubectl("ls")
+	require.Equal(t, 0, code, "without berth-meter, no cost")
+	assert.Regexp(t, `(?m)^ide +ana +Running +- +- +- +- +- +`, out)
 }

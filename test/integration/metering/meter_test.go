@@ -86,12 +86,17 @@ func lifecycle(t *testing.T, env *framework.ClusterEnv, ns string, n int, spread
 			pods[s.i] = pod
 			continue
 		}
-		// A Pod is deleted once it runs, so that it has a start.
+		// A Pod is deleted once it runs, so that it has a start. With no
+		// grace period: kwok deletes it again, with none, once its
+		// containers stop, and the API server then moves deletionTimestamp
+		// to that second. The meter charges to the first request it saw,
+		// and the truth below reads the last; without a grace period
+		// there is only one.
 		framework.Eventually(t, 30*time.Second, "Pod "+pods[s.i].Name+" runs", func(ctx context.Context) (bool, error) {
 			err := env.Client.Get(ctx, client.ObjectKeyFromObject(pods[s.i]), pods[s.i])
 			return pods[s.i].Status.StartTime != nil, err
 		})
-		require.NoError(t, env.Client.Delete(t.Context(), pods[s.i]))
+		require.NoError(t, env.Client.Delete(t.Context(), pods[s.i], client.GracePeriodSeconds(0)))
 	}
 	return pods
 }

@@ -62,7 +62,7 @@ func TestKubectlBerthWorkspaces(t *testing.T) {
 
 	code, out, _ := dev("ls")
 	require.Equal(t, 0, code)
-	assert.Regexp(t, `(?m)^NAME +USER +PHASE +IDLE +STOPPED-BY +NODE +POOL +AGE$`, out)
+	assert.Regexp(t, `(?m)^NAME +USER +PHASE +IDLE +STOPPED-BY +NODE +POOL +COST/H +AGE$`, out)
 	assert.Regexp(t, `(?m)^ide +ana +Stopped `, out)
 
 	code, _, stderr := viewer("wake", "ide")

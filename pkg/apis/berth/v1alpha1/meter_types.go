@@ -65,3 +65,21 @@ func (r AuditReport) String() string {
 	}
 	return fmt.Sprintf("org %s: %d rows verified; head row %d, hash %s", r.Org, r.Rows, r.HeadSeq, r.HeadHash)
 }
+
+// WorkspaceCosts is the reply of berth-meter's cost API (GET
+// /v1/namespaces/{ns}/costs): what each running workspace of the namespace
+// costs an hour now, by the last interval metered.
+// +kubebuilder:object:generate=false
+type WorkspaceCosts struct {
+	Namespace  string          `json:"namespace"`
+	Workspaces []WorkspaceCost `json:"workspaces"`
+}
+
+// WorkspaceCost is one running workspace's cost now: its node's hourly
+// price times its share of the node.
+// +kubebuilder:object:generate=false
+type WorkspaceCost struct {
+	Name           string  `json:"name"`
+	DollarsPerHour float64 `json:"dollarsPerHour"`
+	Spot           bool    `json:"spot"`
+}
