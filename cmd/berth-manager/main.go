@@ -4,6 +4,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -13,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"berth.dev/berth/pkg/blobgrants"
 	"berth.dev/berth/pkg/manager"
@@ -21,6 +24,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "selftest" {
+		selftest(os.Args[2:])
+		return
+	}
 	var o manager.Options
 	var hooks, controllers, preset string
 	flag.StringVar(&hooks, "webhooks", strings.Join(webhooks.Kinds, ","), "webhooks to serve, comma-separated: pod, job; empty for none")
@@ -68,6 +75,26 @@ func main() {
 	o.Webhook.Keys = keys
 	ctx := ctrl.SetupSignalHandler()
 	if err := manager.Run(ctx, ctrl.GetConfigOrDie(), o); err != nil {
+		fail(err)
+	}
+}
+
+// selftest is the chart's helm test: berth-manager selftest --namespace NS
+// checks that berth's webhooks mutate a labelled Pod there.
+func selftest(args []string) {
+	fs := flag.NewFlagSet("selftest", flag.ExitOnError)
+	ns := fs.String("namespace", "", "a namespace of an Organization, where a labelled Pod is created in a dry run")
+	_ = fs.Parse(args)
+	if *ns == "" {
+		fail(errors.New("selftest needs --namespace: a namespace of an Organization (chart value tests.namespace)"))
+	}
+	c, err := client.New(ctrl.GetConfigOrDie(), client.Options{})
+	if err != nil {
+		fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := manager.SelfTest(ctx, c, *ns, os.Stdout); err != nil {
 		fail(err)
 	}
 }

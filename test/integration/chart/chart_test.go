@@ -100,6 +100,7 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 	org := testutil.Org("chart").MaxWorkspaces(1).MaxConcurrentBuilds(1).Obj()
 	env.Create(t, org)
 	ns := env.Namespace(t, org.Name)
+	helmTest(t, env, chart, ns)
 	ws := testutil.Pod("ws").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Obj()
 	env.Create(t, ws)
 	assert.Equal(t, webhooks.DefaultSchedulerName, ws.Spec.SchedulerName)
@@ -140,6 +141,32 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 			assert.NotContains(t, strings.ToLower(line), "forbidden: user \"system:serviceaccount:", "%s was refused a request", p.Name)
 		}
 	}
+}
+
+// helmTest plays `helm test` with tests.namespace=ns: it creates the test
+// hook's ServiceAccount and rights, and runs the hook Pod's container as
+// the kubelet would, as that ServiceAccount (kwok runs no containers).
+func helmTest(t *testing.T, env *framework.ClusterEnv, chart, ns string) {
+	t.Helper()
+	var hook *corev1.Pod
+	for _, o := range render(t, env, chart, "--set", "tests.namespace="+ns, "--show-only", "templates/tests/selftest.yaml") {
+		if o.GetKind() == "Pod" {
+			hook = &corev1.Pod{}
+			require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, hook))
+			continue
+		}
+		require.NoError(t, env.Client.Create(t.Context(), o), "create %s %s", o.GetKind(), o.GetName())
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), o) })
+	}
+	require.NotNil(t, hook, "the chart renders a test hook Pod")
+	assert.Equal(t, "test", hook.Annotations["helm.sh/hook"])
+	ctr := hook.Spec.Containers[0]
+	assert.Contains(t, ctr.Image, "berth-manager")
+	cmd := exec.CommandContext(t.Context(), framework.Binary(t, "berth-manager"), ctr.Args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "KUBECONFIG=" + env.ServiceAccountKubeconfig(t, namespace, hook.Spec.ServiceAccountName)}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "helm test: %s", out)
+	assert.Contains(t, string(out), "berth mutated a workspace Pod in namespace "+ns+": org chart, runAsNonRoot")
 }
 
 // TestChartWithCertManager renders the chart with cert-manager issuing the
