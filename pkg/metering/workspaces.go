@@ -37,14 +37,15 @@ type WorkspaceMeter struct {
 	*Meter
 
 	mu sync.Mutex
-	// ended holds the stop periods this process wrote to their end.
-	ended map[string]bool
+	// ended holds, per Workspace, the last stop period this process wrote
+	// to its end: one entry per Workspace, gone with it.
+	ended map[types.UID]string
 }
 
 // Register adds the workspace meter to mgr. The Meter must be registered
 // first.
 func (w *WorkspaceMeter) Register(mgr ctrl.Manager) error {
-	w.ended = map[string]bool{}
+	w.ended = map[types.UID]string{}
 	return ctrl.NewControllerManagedBy(mgr).Named("workspacemeter").
 		For(&berthv1alpha1.Workspace{}).
 		Complete(w)
@@ -86,12 +87,12 @@ func (w *WorkspaceMeter) Reconcile(ctx context.Context, req reconcile.Request) (
 			}
 			next := now.Truncate(w.Interval).Add(w.Interval)
 			result.RequeueAfter = next.Sub(now) + time.Second
-		case !w.wrote(p.UID):
+		case !w.wrote(ws.UID, p.UID):
 			if err := w.end(ctx, p); err != nil {
 				return result, err
 			}
 			w.mu.Lock()
-			w.ended[p.UID] = true
+			w.ended[ws.UID] = p.UID
 			w.mu.Unlock()
 		}
 	}
@@ -101,14 +102,18 @@ func (w *WorkspaceMeter) Reconcile(ctx context.Context, req reconcile.Request) (
 		if err := w.Client.Patch(ctx, &ws, patch); client.IgnoreNotFound(err) != nil {
 			return result, fmt.Errorf("remove the metering finalizer: %w", err)
 		}
+		w.mu.Lock()
+		delete(w.ended, ws.UID)
+		w.mu.Unlock()
 	}
 	return result, nil
 }
 
-func (w *WorkspaceMeter) wrote(uid string) bool {
+// wrote reports whether this process wrote the stop period to its end.
+func (w *WorkspaceMeter) wrote(ws types.UID, period string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ended[uid]
+	return w.ended[ws] == period
 }
 
 // mirror writes the Workspace's row of the workspaces table.

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/controllers"
@@ -47,7 +48,9 @@ func (c *Controller) Name() string { return Name }
 // Register adds the controller to the manager.
 func (c *Controller) Register(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).Named(Name).
-		For(&berthv1alpha1.Organization{}).
+		// The queue depends on an org's spec and its Jobs, not its status,
+		// which orgstatus rewrites as Pods come and go.
+		For(&berthv1alpha1.Organization{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(controllers.OrgOfNamespace(mgr.GetClient())),
 			builder.WithPredicates(controllers.Labelled)).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(controllers.NamespaceToOrg)).

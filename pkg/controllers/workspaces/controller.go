@@ -787,10 +787,13 @@ func (r *run) stop(ctx context.Context, live []*corev1.Pod, going bool) error {
 	})
 }
 
-// keepClaims makes the Workspace, not the Pod, own the claims its Pod
-// mounts, so that the garbage collector keeps them when the Pod goes. It
-// reports pending while a claim the API server makes for a generic
-// ephemeral volume does not exist yet.
+// keepClaims makes the Workspace an owner of the claims its Pod mounts,
+// beside the Pod, so that the garbage collector keeps them when the Pod
+// goes: it deletes a dependent only once all its owners are gone, and
+// drops the deleted Pod from the claim's owners. The Pod stays the
+// controller of a generic ephemeral volume's claim, as the scheduler and
+// the kubelet require of it (a claim not controlled by its Pod is never
+// mounted). It reports pending while such a claim does not exist yet.
 func (r *run) keepClaims(ctx context.Context, pod *corev1.Pod) (bool, error) {
 	ws := r.ws
 	if meta.IsStatusConditionTrue(ws.Status.Conditions, conditionClaimsKept) && ws.Status.PodUID == pod.UID {
@@ -816,12 +819,13 @@ func (r *run) keepClaims(ctx context.Context, pod *corev1.Pod) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		refs := slices.DeleteFunc(slices.Clone(pvc.OwnerReferences), func(ref metav1.OwnerReference) bool { return ref.UID == pod.UID })
-		if len(refs) == len(pvc.OwnerReferences) {
+		ownedByPod := slices.ContainsFunc(pvc.OwnerReferences, func(ref metav1.OwnerReference) bool { return ref.UID == pod.UID })
+		ownedByWorkspace := slices.ContainsFunc(pvc.OwnerReferences, func(ref metav1.OwnerReference) bool { return ref.UID == ws.UID })
+		if !ownedByPod || ownedByWorkspace {
 			continue
 		}
 		patch := client.MergeFromWithOptions(pvc.DeepCopy(), client.MergeFromWithOptimisticLock{})
-		pvc.OwnerReferences = append(refs, metav1.OwnerReference{
+		pvc.OwnerReferences = append(pvc.OwnerReferences, metav1.OwnerReference{
 			APIVersion: berthv1alpha1.SchemeGroupVersion.String(), Kind: "Workspace",
 			Name: ws.Name, UID: ws.UID, BlockOwnerDeletion: ptr.To(false),
 		})

@@ -52,13 +52,15 @@ func TestPodBecomesWorkspaceAndDeleteIsAStop(t *testing.T) {
 	assert.Equal(t, "ide", ws.Status.PodName)
 	assert.Equal(t, []string{home, "ide-scratch"}, ws.Status.Claims)
 	assert.Equal(t, "ana", ws.Labels[berthv1alpha1.LabelUser])
-	framework.Eventually(t, 30*time.Second, "the ephemeral claim owned by the Workspace, not the Pod", func(ctx context.Context) (bool, error) {
+	// The Workspace owns the ephemeral claim too; the Pod stays its
+	// controller, which the scheduler and the kubelet require.
+	framework.Eventually(t, 30*time.Second, "the ephemeral claim owned by the Workspace too", func(ctx context.Context) (bool, error) {
 		pvc := &corev1.PersistentVolumeClaim{}
 		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "ide-scratch"}, pvc); err != nil {
 			return false, client.IgnoreNotFound(err)
 		}
 		return slices.ContainsFunc(pvc.OwnerReferences, func(r metav1.OwnerReference) bool { return r.UID == ws.UID }) &&
-			!slices.ContainsFunc(pvc.OwnerReferences, func(r metav1.OwnerReference) bool { return r.UID == pod.UID }), nil
+			metav1.IsControlledBy(pvc, pod), nil
 	})
 
 	require.NoError(t, env.Client.Delete(t.Context(), pod))

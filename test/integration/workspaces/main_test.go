@@ -123,6 +123,19 @@ func volumeFor(t *testing.T, env *framework.ClusterEnv, ns, name string) *corev1
 func waitPhase(t *testing.T, env *framework.ClusterEnv, ns, name string, phase berthv1alpha1.WorkspacePhase, timeout time.Duration) *berthv1alpha1.Workspace {
 	t.Helper()
 	ws := &berthv1alpha1.Workspace{}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// What the workspace and its Pods were doing, for a failure.
+		t.Logf("Workspace %s/%s: phase %q, message %q", ns, name, ws.Status.Phase, ws.Status.Message)
+		var list corev1.PodList
+		if err := env.Client.List(context.Background(), &list, client.InNamespace(ns)); err == nil {
+			for _, p := range list.Items {
+				t.Logf("Pod %s: phase %s, node %q, deleting %t, conditions %+v", p.Name, p.Status.Phase, p.Spec.NodeName, p.DeletionTimestamp != nil, p.Status.Conditions)
+			}
+		}
+	})
 	framework.Eventually(t, timeout, fmt.Sprintf("Workspace %s/%s %s", ns, name, phase), func(ctx context.Context) (bool, error) {
 		err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ws)
 		if apierrors.IsNotFound(err) {
