@@ -166,7 +166,7 @@ func runMeter(ctx context.Context, args []string) error {
 		if ring != nil {
 			log := &audit.Log{DB: db, Keys: ring}
 			mux.Handle(audit.IngestPath, &audit.Ingest{Log: log, Kube: kube, Dir: directory{mgr.GetClient()}, Now: time.Now})
-			mux.Handle(audit.VerifyPath, &audit.VerifyAPI{Log: log, Kube: kube})
+			mux.Handle(audit.VerifyPattern, &audit.VerifyAPI{Log: log, Kube: kube})
 		}
 		tlsCfg, err := serving(*certFile, *keyFile)
 		if err != nil {

@@ -14,8 +14,12 @@ import (
 	"berth.dev/berth/pkg/httpauth"
 )
 
-// VerifyPath is where an org's audit chain is checked.
-const VerifyPath = "/v1/audit/verify"
+// VerifyPath is where an org's audit chain is checked, and VerifyPattern
+// its route: GET only, the mux answers other methods.
+const (
+	VerifyPath    = "/v1/audit/verify"
+	VerifyPattern = "GET " + VerifyPath
+)
 
 // VerifyAPI serves GET /v1/audit/verify?org=ORG: it recomputes the org's
 // chain, as berth-meter audit verify does, and answers with a
@@ -29,11 +33,6 @@ type VerifyAPI struct {
 
 // ServeHTTP checks one org's chain.
 func (a *VerifyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		httpauth.Fail(w, errors.New("GET "+VerifyPath+"?org=ORG"), http.StatusMethodNotAllowed)
-		return
-	}
 	auth := httpauth.Reviewer{Kube: a.Kube}
 	caller, err := auth.Authenticate(r)
 	if err != nil {

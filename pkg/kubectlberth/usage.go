@@ -114,12 +114,7 @@ func (c *Client) meterGet(ctx context.Context, path string, out any) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		msg := strings.TrimSpace(string(b))
-		var ge blob.GrantError
-		if json.Unmarshal(b, &ge) == nil && ge.Error != "" {
-			msg = ge.Error
-		}
-		return fmt.Errorf("%s: %s", resp.Status, msg)
+		return fmt.Errorf("%s: %s", resp.Status, answerMessage(b))
 	}
 	if err := json.Unmarshal(b, out); err != nil {
 		return fmt.Errorf("berth-meter's answer is not JSON: %w", err)
@@ -184,4 +179,14 @@ func PrintAudit(w io.Writer, format string, rep *berthv1alpha1.AuditReport) erro
 	}
 	_, err := fmt.Fprintln(w, rep)
 	return err
+}
+
+// answerMessage is the message of an error answer of berth's APIs: the
+// JSON {"error": ...} they send, else the body as it is.
+func answerMessage(body []byte) string {
+	var ge blob.GrantError
+	if json.Unmarshal(body, &ge) == nil && ge.Error != "" {
+		return ge.Error
+	}
+	return strings.TrimSpace(string(body))
 }

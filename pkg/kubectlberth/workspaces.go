@@ -20,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
-	"berth.dev/berth/pkg/blob"
 )
 
 // Workspace actions of berth-manager's workspace API.
@@ -56,13 +55,8 @@ func (c *Client) WorkspaceAction(ctx context.Context, name, action string, wait 
 	if err != nil {
 		return a, fmt.Errorf("%s workspace %s: %w", action, name, err)
 	}
-	var ge blob.GrantError
 	if resp.StatusCode >= 400 && resp.StatusCode != http.StatusConflict && resp.StatusCode != http.StatusGatewayTimeout {
-		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &ge) == nil && ge.Error != "" {
-			msg = ge.Error
-		}
-		return a, fmt.Errorf("%s workspace %s: %s: %s", action, name, resp.Status, msg)
+		return a, fmt.Errorf("%s workspace %s: %s: %s", action, name, resp.Status, answerMessage(b))
 	}
 	if err := json.Unmarshal(b, &a); err != nil {
 		return a, fmt.Errorf("%s workspace %s: the answer is not a workspace's state: %q", action, name, b)

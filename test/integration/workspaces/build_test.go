@@ -31,14 +31,7 @@ func TestABuildWhoseNodeIsDeletedRunsAgain(t *testing.T) {
 	env.Create(t, org)
 	ns := env.Namespace(t, org.Name)
 
-	pools, err := localcluster.DefaultPools()
-	require.NoError(t, err)
-	spot, ok := pools.Get("spot-ssd")
-	require.True(t, ok)
-	doomed := spot.Node(901)
-	require.NoError(t, env.Client.Create(t.Context(), doomed))
-	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), doomed) })
-	uncordon := cordonAllBut(t, env, doomed.Name)
+	doomed, uncordon := spotNodeAlone(t, env, 901)
 	defer uncordon()
 
 	job := testutil.Job("build").Namespace(ns).Class(berthv1alpha1.ClassBuild).Obj()

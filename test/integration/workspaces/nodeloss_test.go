@@ -30,14 +30,7 @@ func TestNodeLoss(t *testing.T) {
 	env.Create(t, org)
 	ns := env.Namespace(t, org.Name)
 
-	pools, err := localcluster.DefaultPools()
-	require.NoError(t, err)
-	spot, ok := pools.Get("spot-ssd")
-	require.True(t, ok)
-	doomed := spot.Node(900)
-	require.NoError(t, env.Client.Create(t.Context(), doomed))
-	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), doomed) })
-	uncordon := cordonAllBut(t, env, doomed.Name)
+	doomed, uncordon := spotNodeAlone(t, env, 900)
 	defer uncordon()
 
 	claims := map[string]string{}
@@ -93,6 +86,21 @@ func TestNodeLoss(t *testing.T) {
 	after, err := manager.MetricValue("berth_workspace_stops_total", `reason="spot-loss"`)
 	require.NoError(t, err)
 	assert.Equal(t, float64(lostWorkspaces), after-before, "each loss counted once")
+}
+
+// spotNodeAlone creates spot node number n, to be deleted by the test (it
+// is deleted at the end if it still exists), and cordons every other node
+// until the returned func (or the test's end) undoes it.
+func spotNodeAlone(t *testing.T, env *framework.ClusterEnv, n int) (*corev1.Node, func()) {
+	t.Helper()
+	pools, err := localcluster.DefaultPools()
+	require.NoError(t, err)
+	spot, ok := pools.Get("spot-ssd")
+	require.True(t, ok)
+	node := spot.Node(n)
+	require.NoError(t, env.Client.Create(t.Context(), node))
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), node) })
+	return node, cordonAllBut(t, env, node.Name)
 }
 
 // cordonAllBut marks every node but one unschedulable and returns what
