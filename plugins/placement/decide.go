@@ -67,30 +67,45 @@ func ClassOf(pod *corev1.Pod) berthv1alpha1.Class {
 }
 
 // Filter returns why the Pod must not go to the node, or "" when it may. It
-// only adds rules that agree with what the webhook writes into the Pod spec:
-// GPU nodes take inference only, and a node takes no more builds than its
-// disk holds.
+// only adds rules that agree with what the webhook writes into the Pod spec,
+// so that an autoscaler, which reads only the spec, never launches a node
+// for a Pod berth then refuses, nor counts on a node berth refuses: GPU
+// nodes take inference only (their taint), and a node whose build-capacity
+// label is set takes no more builds than it says. A build's disk is its
+// scratch's ephemeral-storage request, which the stock resource fit checks
+// as an autoscaler does.
 func (d *Decider) Filter(pod *corev1.Pod, class berthv1alpha1.Class, n *NodeState) string {
 	if d.Keys.GPU.Matches(n.Node.Labels) && class != berthv1alpha1.ClassInference && !daemon(pod) {
 		return fmt.Sprintf("node %s is a GPU node, kept for inference; this Pod is not berth.dev/class=inference", n.Node.Name)
 	}
 	if class == berthv1alpha1.ClassBuild {
-		if c := d.BuildCapacity(n); n.Builds >= c {
-			return fmt.Sprintf("node %s runs %d builds, its disk's build capacity", n.Node.Name, c)
+		if c, ok := d.labelledBuildCapacity(n); ok && n.Builds >= c {
+			return fmt.Sprintf("node %s runs %d builds, its disk's build capacity (label %s)", n.Node.Name, c, d.buildCapacityKey)
 		}
 	}
 	return ""
 }
 
-// BuildCapacity is how many builds a node's disk holds: its build-capacity
-// label, else allocatable ephemeral storage over one build's scratch.
+// labelledBuildCapacity is the node's build-capacity label, when it has a
+// valid one.
+func (d *Decider) labelledBuildCapacity(n *NodeState) (int, bool) {
+	if d.buildCapacityKey == "" {
+		return 0, false
+	}
+	v, ok := n.Node.Labels[d.buildCapacityKey]
+	if !ok {
+		return 0, false
+	}
+	c, err := strconv.Atoi(v)
+	return c, err == nil && c >= 0
+}
+
+// BuildCapacity is how many builds a node's disk is expected to hold, to
+// spread builds by: its build-capacity label, else allocatable ephemeral
+// storage over one build's expected scratch use.
 func (d *Decider) BuildCapacity(n *NodeState) int {
-	if d.buildCapacityKey != "" {
-		if v, ok := n.Node.Labels[d.buildCapacityKey]; ok {
-			if c, err := strconv.Atoi(v); err == nil && c >= 0 {
-				return c
-			}
-		}
+	if c, ok := d.labelledBuildCapacity(n); ok {
+		return c
 	}
 	if d.ScratchBytes <= 0 {
 		return int(^uint(0) >> 1)

@@ -208,7 +208,7 @@ func TestExtenderFilterWithNodeObjects(t *testing.T) {
 	}
 	assert.Equal(t, []string{"spot-a", "spot-b", "spot-c", "spot-d", "od-a", "spot-new"}, kept)
 	assert.Equal(t, extenderv1.FailedNodesMap{
-		"small-disk": "node small-disk runs 2 builds, its disk's build capacity",
+		"small-disk": "node small-disk runs 2 builds, its disk's build capacity (label berth.dev/build-capacity)",
 		"gpu-a":      "node gpu-a is a GPU node, kept for inference; this Pod is not berth.dev/class=inference",
 		"gpu-b":      "node gpu-b is a GPU node, kept for inference; this Pod is not berth.dev/class=inference",
 	}, got.FailedNodes)

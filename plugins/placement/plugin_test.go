@@ -75,7 +75,7 @@ func TestPluginCountsAssumedBuilds(t *testing.T) {
 	ni.AddPod(build("b-1", "dense"))
 	st, _ = filterAndScore(t, p, build("b", ""), ni)
 	assert.Equal(t, fwk.Unschedulable, st.Code())
-	assert.Equal(t, "node dense runs 2 builds, its disk's build capacity", st.Message())
+	assert.Equal(t, "node dense runs 2 builds, its disk's build capacity (label berth.dev/build-capacity)", st.Message())
 
 	// A workspace is not held back by the builds.
 	st, _ = filterAndScore(t, p, workspace("ws", ""), ni)

@@ -323,8 +323,10 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		}
 		live = append(live, pod)
 	}
-	if cur == nil && r.fresh {
-		// The cache may not have a Pod berth has just created.
+	if cur == nil && r.fresh && !(ws.Spec.Started && ws.Status.PodName == "" && ws.Status.PodUID == "") {
+		// The cache may not have a Pod berth has just created. A wake of a
+		// stopped workspace skips the look: its create meets such a Pod
+		// as AlreadyExists.
 		for _, name := range []string{ws.Status.PodName, startName(ws)} {
 			if name == "" || cur != nil {
 				continue
