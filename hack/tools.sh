@@ -10,10 +10,12 @@
 #   with the local Go
 #   metrics-server (sigs.k8s.io/metrics-server), for clusters that serve
 #   metrics.k8s.io
+#   karpenter-kwok (sigs.k8s.io/karpenter/kwok), Karpenter with its kwok
+#   provider, for the autoscaler end-to-end test
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
 #
 # usage: hack/tools.sh            build what is missing
-#        hack/tools.sh controller-gen | golangci-lint   build just that one
+#        hack/tools.sh controller-gen | golangci-lint | karpenter   build just that one
 #        hack/tools.sh env        print the directories holding the tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +71,24 @@ install_golangci_lint() {
     github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 }
 
+# install_karpenter builds Karpenter's kwok provider, named karpenter-kwok,
+# with the Go its module asks for.
+install_karpenter() {
+  [ -x "$KARPENTER_DIR/karpenter-kwok" ] && return 0
+  echo "tools: installing sigs.k8s.io/karpenter/kwok @$KARPENTER_VERSION into $KARPENTER_DIR ($KARPENTER_GO)"
+  local tmp; tmp=$(mktemp -d "$TOOLS_CACHE/.karpenter.XXXXXX")
+  GOBIN=$tmp GOTOOLCHAIN=$KARPENTER_GO CGO_ENABLED=0 GOFLAGS= \
+    go install -trimpath -ldflags "-s -w" "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
+  # Its CRDs come from the same module: Karpenter's own, and the kwok
+  # provider's node class.
+  local src; src=$(go env GOMODCACHE)/sigs.k8s.io/karpenter@$KARPENTER_VERSION/kwok
+  mkdir -p "$tmp/crds"
+  cp "$src"/charts/crds/*.yaml "$src"/apis/crds/*.yaml "$tmp/crds/"
+  chmod 0644 "$tmp"/crds/*.yaml
+  mv "$tmp/kwok" "$tmp/karpenter-kwok"
+  rm -rf "$KARPENTER_DIR" && mv "$tmp" "$KARPENTER_DIR"
+}
+
 install_azurite() {
   [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] && return 0
   command -v npm >/dev/null || { echo "tools: npm not found; install Node.js 20 (apt-get install nodejs npm)" >&2; exit 1; }
@@ -88,7 +108,11 @@ case "${1:-all}" in
     install_azurite
     go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
     go_install "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server
+    install_karpenter
     install_golangci_lint
+    ;;
+  karpenter)
+    install_karpenter
     ;;
   controller-gen)
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
@@ -105,6 +129,7 @@ case "${1:-all}" in
     echo "HELM_DIR=$HELM_DIR"
     echo "GOLANGCI_LINT_DIR=$GOLANGCI_LINT_DIR"
     echo "METRICS_SERVER_DIR=$METRICS_SERVER_DIR"
+    echo "KARPENTER_DIR=$KARPENTER_DIR"
     ;;
-  *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|env]" >&2; exit 2 ;;
+  *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|karpenter|env]" >&2; exit 2 ;;
 esac

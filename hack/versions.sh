@@ -8,6 +8,11 @@ AZURITE_VERSION=3.37.0
 HELM_VERSION=v3.22.0
 GOLANGCI_LINT_VERSION=v2.15.0
 METRICS_SERVER_VERSION=v0.8.0
+# Karpenter's kwok provider, for the autoscaler end-to-end test. Its module
+# asks for a newer Go than this machine's; the go command fetches that
+# toolchain from the module proxy.
+KARPENTER_VERSION=v1.14.3
+KARPENTER_GO=go1.26.10
 
 # The cache lives outside the clone, one folder per tool and version.
 TOOLS_CACHE=${BERTH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/tools}
@@ -18,6 +23,7 @@ CONTROLLER_GEN_DIR=$TOOLS_CACHE/controller-gen-$CONTROLLER_GEN_VERSION
 AZURITE_DIR=$TOOLS_CACHE/azurite-$AZURITE_VERSION
 HELM_DIR=$TOOLS_CACHE/helm-$HELM_VERSION
 METRICS_SERVER_DIR=$TOOLS_CACHE/metrics-server-$METRICS_SERVER_VERSION
+KARPENTER_DIR=$TOOLS_CACHE/karpenter-$KARPENTER_VERSION
 # golangci-lint must be built with a Go at least as new as the code it checks,
 # so it is cached per Go version too and rebuilt when Go changes.
 GOLANGCI_LINT_DIR=$TOOLS_CACHE/golangci-lint-$GOLANGCI_LINT_VERSION-$(go env GOVERSION)

@@ -45,12 +45,17 @@ func CreateNodes(ctx context.Context, c client.Client, pools *Pools) error {
 
 // CRDs decodes the CustomResourceDefinitions berth ships.
 func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	return DecodeCRDs(manifests.CRDs())
+}
+
+// DecodeCRDs decodes the CustomResourceDefinitions in fsys's YAML files.
+func DecodeCRDs(fsys fs.FS) ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	var crds []*apiextensionsv1.CustomResourceDefinition
-	err := fs.WalkDir(manifests.CRDs(), ".", func(path string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		data, err := fs.ReadFile(manifests.CRDs(), path)
+		data, err := fs.ReadFile(fsys, path)
 		if err != nil {
 			return err
 		}
@@ -77,6 +82,12 @@ func InstallCRDs(ctx context.Context, c client.Client) error {
 	if err != nil {
 		return err
 	}
+	return ApplyCRDs(ctx, c, crds)
+}
+
+// ApplyCRDs creates or updates crds and waits until the API server serves
+// them.
+func ApplyCRDs(ctx context.Context, c client.Client, crds []*apiextensionsv1.CustomResourceDefinition) error {
 	for _, crd := range crds {
 		existing := &apiextensionsv1.CustomResourceDefinition{}
 		err := c.Get(ctx, client.ObjectKeyFromObject(crd), existing)

@@ -27,6 +27,10 @@ type Tools struct {
 	Helm string
 	// MetricsServer serves metrics.k8s.io, for clusters that ask for it.
 	MetricsServer string
+	// Karpenter is Karpenter with its kwok provider, for the autoscaler
+	// test; KarpenterCRDs is the folder of the CRDs it needs.
+	Karpenter     string
+	KarpenterCRDs string
 }
 
 // LocateTools reads the tool cache's layout from hack/tools.sh, the one place
@@ -58,6 +62,8 @@ func LocateTools(ctx context.Context, root string) (Tools, error) {
 		AzuriteBlob:           filepath.Join(dirs["AZURITE_DIR"], "node_modules", ".bin", "azurite-blob"),
 		Helm:                  filepath.Join(dirs["HELM_DIR"], "helm"),
 		MetricsServer:         filepath.Join(dirs["METRICS_SERVER_DIR"], "metrics-server"),
+		Karpenter:             filepath.Join(dirs["KARPENTER_DIR"], "karpenter-kwok"),
+		KarpenterCRDs:         filepath.Join(dirs["KARPENTER_DIR"], "crds"),
 	}, nil
 }
 
