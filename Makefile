@@ -21,7 +21,7 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: tools
-tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, helm, metrics-server, golangci-lint) into the cache outside the clone.
+tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, helm, metrics-server, Karpenter's kwok provider, golangci-lint) into the cache outside the clone.
 	bash hack/tools.sh all
 
 .PHONY: generate
@@ -59,8 +59,10 @@ test-unit: ## Run the unit tests (no cluster), with the race detector.
 	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
 
 .PHONY: test-integration
-test-integration: ## Run the integration tests on real local clusters (needs make tools).
-	$(GO) test -count=1 -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
+test-integration: ## Run the integration tests on real local clusters (needs make tools), then print the numbers they report.
+	@mkdir -p $(BIN) && rm -f $(BIN)/test-report.txt
+	BERTH_TEST_REPORT=$(BIN)/test-report.txt $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) $(INTEGRATION_PKGS)
+	@if [ -s $(BIN)/test-report.txt ]; then echo; echo "reported by the tests:"; cat $(BIN)/test-report.txt; fi
 
 .PHONY: bench
 bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run; one package at a time.
@@ -84,10 +86,14 @@ cluster-down: ## Stop the local cluster and every process it started.
 	$(BIN)/localcluster down
 
 .PHONY: demo
-demo: ## Bring the local cluster up with berth running, place the reference load, print placement and cost, and the usage berth-meter recorded.
+demo: ## Bring the local cluster up with berth running, place the reference load, print placement and cost, and the usage berth-meter recorded. AUTOSCALER=karpenter starts with no worker nodes and lets Karpenter launch and remove them.
+ifeq ($(AUTOSCALER),karpenter)
+	$(MAKE) --no-print-directory cluster-up CLUSTER_FLAGS="--spot-ssd=0 --on-demand=0 --gpu=0"
+else
 	$(MAKE) --no-print-directory cluster-up CLUSTER_FLAGS="$(or $(CLUSTER_FLAGS),--on-demand=48)"
+endif
 	$(GO) build -o $(BIN)/ ./cmd/berth-manager ./cmd/berth-meter ./cmd/berth-scheduler
-	$(BIN)/localcluster demo
+	$(BIN)/localcluster demo $(if $(AUTOSCALER),--autoscaler=$(AUTOSCALER))
 
 .PHONY: bump-k8s
 bump-k8s: ## Pin another Kubernetes release: make bump-k8s VERSION=v1.36.3.

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"berth.dev/berth/pkg/demo"
@@ -18,12 +20,17 @@ import (
 // runDemo starts berth-manager, berth-scheduler, a private PostgreSQL and
 // berth-meter beside the cluster (they stop with `make cluster-down`) and
 // runs the demo.
-func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.Pools, root string) error {
+func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.Pools, root string, karpenter bool) error {
 	cl, err := c.Client()
 	if err != nil {
 		return err
 	}
 	bin := filepath.Join(root, "bin")
+	if karpenter {
+		if err := startKarpenter(ctx, c, cl, root); err != nil {
+			return err
+		}
+	}
 	if !running(c, "berth-manager") {
 		ports, err := localcluster.FreePorts(3)
 		if err != nil {
@@ -92,7 +99,43 @@ func runDemo(ctx context.Context, c *localcluster.Cluster, pools *localcluster.P
 	if err != nil {
 		return err
 	}
-	return demo.Run(ctx, cl, demo.Options{Pools: pools, Keys: keys, Seed: 1, Out: os.Stdout, DatabaseURL: dsn})
+	return demo.Run(ctx, cl, demo.Options{Pools: pools, Keys: keys, Seed: 1, Out: os.Stdout, DatabaseURL: dsn, Autoscaled: karpenter})
+}
+
+// startKarpenter runs Karpenter with its kwok provider as a component of the
+// cluster, with the NodePools of manifests/karpenter, on a cluster that has
+// no worker node of its own.
+func startKarpenter(ctx context.Context, c *localcluster.Cluster, cl client.Client, root string) error {
+	var nodes corev1.NodeList
+	if err := cl.List(ctx, &nodes); err != nil {
+		return err
+	}
+	for _, n := range nodes.Items {
+		if _, ok := n.Labels["karpenter.sh/nodepool"]; !ok {
+			return fmt.Errorf("node %s is not Karpenter's: the Karpenter demo starts with no worker nodes; run `make cluster-down`, then `make demo AUTOSCALER=karpenter`", n.Name)
+		}
+	}
+	if running(c, "karpenter") {
+		return nil
+	}
+	fmt.Println("starting Karpenter (kwok provider; NodePools spot-ssd, on-demand and gpu from manifests/karpenter) ...")
+	// Emptied nodes go 30 s after they empty, all at once, not 5 minutes
+	// after, a tenth at a time.
+	if err := localcluster.InstallKarpenter(ctx, cl, c.Tools(), root, localcluster.KarpenterQuickConsolidation("30s")); err != nil {
+		return err
+	}
+	ports, err := localcluster.FreePorts(2)
+	if err != nil {
+		return err
+	}
+	cmd := localcluster.KarpenterCommand(c.Tools(), root, c.Kubeconfig(), ports[0], ports[1])
+	if err := c.StartComponent(ctx, "karpenter", "env", cmd...); err != nil {
+		return err
+	}
+	if err := localcluster.WaitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]), 2*time.Minute); err != nil {
+		return fmt.Errorf("karpenter: %w\n%s", err, c.ComponentLog("karpenter", 20))
+	}
+	return nil
 }
 
 // schedulerConfig writes berth-scheduler's shipped configuration, pointed

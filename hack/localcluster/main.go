@@ -4,7 +4,7 @@
 //
 //	localcluster up [--spot-ssd=N --on-demand=N --gpu=N]
 //	localcluster down
-//	localcluster demo
+//	localcluster demo [--autoscaler=karpenter]
 package main
 
 import (
@@ -39,6 +39,7 @@ func run() error {
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	name := fs.String("name", localcluster.DefaultName, "cluster name")
 	workDir := fs.String("work-dir", localcluster.DefaultWorkDir(), "where the cluster's files live ($BERTH_CLUSTER_DIR)")
+	autoscaler := fs.String("autoscaler", "", "demo: karpenter runs Karpenter with its kwok provider, on a cluster brought up with no worker nodes")
 	for i := range pools.Pools {
 		p := &pools.Pools[i]
 		fs.IntVar(&p.Count, p.Name, p.Count, fmt.Sprintf("nodes in pool %s (%s)", p.Name, p.InstanceType))
@@ -75,7 +76,10 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("%w; run `make cluster-up` first", err)
 		}
-		return runDemo(ctx, c, pools, root)
+		if *autoscaler != "" && *autoscaler != "karpenter" {
+			return fmt.Errorf("--autoscaler=%q is unknown; use karpenter, or leave it out for fixed node pools", *autoscaler)
+		}
+		return runDemo(ctx, c, pools, root, *autoscaler == "karpenter")
 	default:
 		return fmt.Errorf("unknown command %q: use up, down or demo", os.Args[1])
 	}

@@ -101,7 +101,11 @@ func day(ctx context.Context, cl client.Client, o Options, busy, stock summary) 
 		}
 	}
 	sort.Strings(emptied)
-	fmt.Fprintf(o.Out, "%d nodes emptied, with no Pod of any namespace left on them: an autoscaler can remove them\n\n", len(emptied))
+	fmt.Fprintf(o.Out, "%d nodes emptied, with no Pod of any namespace left on them: an autoscaler can remove them\n", len(emptied))
+	if err := removed(ctx, cl, o, emptied); err != nil {
+		return err
+	}
+	fmt.Fprintln(o.Out)
 	report(o.Out, "berth at night", night)
 	printDay(o.Out, busy, night, stock)
 	return nil

@@ -11,6 +11,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -44,6 +46,10 @@ type Options struct {
 	// DatabaseURL, when set, is berth-meter's database: the demo ends with
 	// the usage and cost it recorded, per org and class.
 	DatabaseURL string
+	// Autoscaled says an autoscaler (Karpenter) launches and removes the
+	// nodes: the demo then starts with none, waits for nodes to come
+	// while Pods wait, and prints what was launched and removed.
+	Autoscaled bool
 }
 
 // Run places the reference load first as a cluster without berth would (plain
@@ -77,12 +83,18 @@ func Run(ctx context.Context, cl client.Client, o Options) error {
 			return fmt.Errorf("create %s: %w", p.Name, err)
 		}
 	}
-	pending := waitBound(ctx, cl, StockNamespace, len(load))
+	pending := waitBound(ctx, cl, StockNamespace, len(load), o.Autoscaled)
 	stock, err := summarize(ctx, cl, StockNamespace, o.Pools, pending, false)
 	if err != nil {
 		return err
 	}
+	if err := launched(ctx, cl, o); err != nil {
+		return err
+	}
 	if err := clearNamespace(ctx, cl, StockNamespace); err != nil {
+		return err
+	}
+	if err := removed(ctx, cl, o, nil); err != nil {
 		return err
 	}
 
@@ -98,9 +110,12 @@ func Run(ctx context.Context, cl client.Client, o Options) error {
 			return fmt.Errorf("create %s: %w", p.Name, err)
 		}
 	}
-	pending = waitBound(ctx, cl, Namespace, len(load))
+	pending = waitBound(ctx, cl, Namespace, len(load), o.Autoscaled)
 	berth, err := summarize(ctx, cl, Namespace, o.Pools, pending, true)
 	if err != nil {
+		return err
+	}
+	if err := launched(ctx, cl, o); err != nil {
 		return err
 	}
 	fmt.Fprintln(o.Out)
@@ -245,6 +260,10 @@ func report(w io.Writer, title string, s summary) {
 	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%.2fx\t\t%.2f\t\n", pods, nodes, lb, float64(nodes)/float64(max(1, lb)), s.cost)
 	_ = tw.Flush()
 	for pool, n := range s.done {
+		if pool == "" {
+			fmt.Fprintf(w, "%d builds ran and finished on nodes removed since\n", n)
+			continue
+		}
 		fmt.Fprintf(w, "%d builds ran on %s nodes and finished\n", n, pool)
 	}
 	if s.pending > 0 {
@@ -253,11 +272,15 @@ func report(w io.Writer, title string, s summary) {
 }
 
 // waitBound waits until n Pods of the namespace are bound, or until they
-// stop making progress; it returns how many are not.
-func waitBound(ctx context.Context, cl client.Client, ns string, n int) int {
-	last, still := -1, 0
+// stop making progress for 10 s (a minute when an autoscaler may still be
+// launching nodes for them); it returns how many are not.
+func waitBound(ctx context.Context, cl client.Client, ns string, n int, autoscaled bool) int {
+	last, still, patience := -1, 0, 20
+	if autoscaled {
+		patience = 120
+	}
 	bound := 0
-	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 10*time.Minute, true, func(ctx context.Context) (bool, error) {
 		var pods corev1.PodList
 		if err := cl.List(ctx, &pods, client.InNamespace(ns)); err != nil {
 			return false, nil
@@ -273,7 +296,7 @@ func waitBound(ctx context.Context, cl client.Client, ns string, n int) int {
 		} else {
 			last, still = bound, 0
 		}
-		return bound >= n || still > 20, nil
+		return bound >= n || still > patience, nil
 	})
 	return n - bound
 }
@@ -295,4 +318,68 @@ func clearNamespace(ctx context.Context, cl client.Client, ns string) error {
 		err := cl.List(ctx, &pods, client.InNamespace(ns))
 		return err == nil && len(pods.Items) == 0, nil
 	})
+}
+
+// launched prints, when an autoscaler runs, the nodes it has launched, per
+// pool.
+func launched(ctx context.Context, cl client.Client, o Options) error {
+	if !o.Autoscaled {
+		return nil
+	}
+	byPool, err := nodesByPool(ctx, cl)
+	if err != nil {
+		return err
+	}
+	var parts []string
+	for _, name := range o.Pools.Names() {
+		parts = append(parts, fmt.Sprintf("%d %s", len(byPool[name]), name))
+	}
+	fmt.Fprintf(o.Out, "Karpenter launched %s nodes for it\n", strings.Join(parts, ", "))
+	return nil
+}
+
+// removed waits, when an autoscaler runs, until it has removed the nodes
+// named, or every node when names is nil, and prints how many and how
+// long it took.
+func removed(ctx context.Context, cl client.Client, o Options, names []string) error {
+	if !o.Autoscaled {
+		return nil
+	}
+	start := time.Now()
+	left := 0
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 10*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var nodes corev1.NodeList
+		if err := cl.List(ctx, &nodes); err != nil {
+			return false, nil
+		}
+		left = 0
+		for _, n := range nodes.Items {
+			if names == nil || slices.Contains(names, n.Name) {
+				left++
+			}
+		}
+		return left == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%d nodes still there 10 minutes after they emptied; the karpenter component's log says why: %w", left, err)
+	}
+	what := "every node"
+	if names != nil {
+		what = fmt.Sprintf("the %d emptied nodes", len(names))
+	}
+	fmt.Fprintf(o.Out, "Karpenter removed %s in %s\n", what, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// nodesByPool groups the cluster's nodes by their pool label.
+func nodesByPool(ctx context.Context, cl client.Client) (map[string][]string, error) {
+	var nodes corev1.NodeList
+	if err := cl.List(ctx, &nodes); err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, n := range nodes.Items {
+		out[n.Labels[localcluster.LabelPool]] = append(out[n.Labels[localcluster.LabelPool]], n.Name)
+	}
+	return out, nil
 }

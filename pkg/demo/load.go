@@ -63,6 +63,9 @@ func AsJob(p *corev1.Pod) *batchv1.Job {
 	return j
 }
 
+// LabelKind is a plain Pod's class, on a label berth does not read.
+const LabelKind = "demo.berth.dev/kind"
+
 // Plain strips a Pod of everything berth would read or write: the load as a
 // cluster without berth runs it. Inference keeps the GPU toleration a platform
 // team would have to add by hand.
@@ -72,7 +75,7 @@ func Plain(p *corev1.Pod, keys placement.Keys) *corev1.Pod {
 	if p.Labels[berthv1alpha1.LabelClass] == string(berthv1alpha1.ClassInference) && keys.GPUTaint != nil {
 		out.Spec.Tolerations = []corev1.Toleration{placement.Toleration(keys.GPUTaint)}
 	}
-	out.Labels = map[string]string{"demo.berth.dev/kind": p.Labels[berthv1alpha1.LabelClass]}
+	out.Labels = map[string]string{LabelKind: p.Labels[berthv1alpha1.LabelClass]}
 	return out
 }
 

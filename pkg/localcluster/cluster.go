@@ -48,6 +48,9 @@ type Cluster struct {
 	keeper  *supervisor.Keeper // set when this process created the cluster
 }
 
+// Tools are the binaries the cluster was created or opened with.
+func (c *Cluster) Tools() Tools { return c.tools }
+
 // Dir is the folder kwokctl keeps the cluster's files in.
 func (c *Cluster) Dir() string { return filepath.Join(c.WorkDir, "clusters", c.Name) }
 

@@ -132,9 +132,8 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 }
 
 // start runs bin with args, logging to p.Log; the watchdog kills it if this
-// process dies first. env, when set, is added to this process's
-// environment.
-func (p *Process) start(t testing.TB, bin string, args []string, env ...string) {
+// process dies first.
+func (p *Process) start(t testing.TB, bin string, args []string) {
 	t.Helper()
 	log, err := os.Create(p.Log)
 	if err != nil {
@@ -143,9 +142,6 @@ func (p *Process) start(t testing.TB, bin string, args []string, env ...string) 
 	defer log.Close()
 	p.done = make(chan struct{})
 	p.cmd = exec.Command(bin, args...)
-	if len(env) > 0 {
-		p.cmd.Env = append(os.Environ(), env...)
-	}
 	p.cmd.Stdout, p.cmd.Stderr = log, log
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {

@@ -13,9 +13,9 @@ import (
 
 // StartProcess runs bin with args for the test, logging to a file of its
 // own, and stops it when the test ends; the watchdog kills it if the test
-// process dies first. env (KEY=value) is added to the test's environment.
-// It does not wait for the process to be ready: see WaitHealthy.
-func StartProcess(t testing.TB, name, bin string, args []string, env ...string) *Process {
+// process dies first. It does not wait for the process to be ready: see
+// WaitHealthy.
+func StartProcess(t testing.TB, name, bin string, args []string) *Process {
 	t.Helper()
 	requireMain(t)
 	dir, err := os.MkdirTemp(state.dir, name+"-")
@@ -23,7 +23,7 @@ func StartProcess(t testing.TB, name, bin string, args []string, env ...string) 
 		t.Fatal(err)
 	}
 	p := &Process{Name: name, Log: filepath.Join(dir, "log")}
-	p.start(t, bin, args, env...)
+	p.start(t, bin, args)
 	t.Cleanup(p.Stop)
 	return p
 }

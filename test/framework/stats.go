@@ -1,7 +1,10 @@
 package framework
 
 import (
+	"fmt"
+	"os"
 	"slices"
+	"testing"
 	"time"
 )
 
@@ -25,4 +28,29 @@ func Percentile(d []time.Duration, p int) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[min(len(s)-1, max(0, (len(s)*p+99)/100-1))]
+}
+
+// EnvReport names the file Report appends to; `make test` sets it and
+// prints the file once the tests pass.
+const EnvReport = "BERTH_TEST_REPORT"
+
+// Report logs a line of numbers worth reading in a passing run, and appends
+// it, with the test's name, to the file $BERTH_TEST_REPORT names, if any.
+func Report(t testing.TB, format string, args ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, args...)
+	t.Log(line)
+	path := os.Getenv(EnvReport)
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Errorf("report: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintf(f, "%s: %s\n", t.Name(), line); err != nil {
+		t.Errorf("report: %v", err)
+	}
 }

@@ -3,7 +3,6 @@ package autoscaling
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
-	"berth.dev/berth/pkg/demo"
 	"berth.dev/berth/pkg/localcluster"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
@@ -41,7 +39,7 @@ func TestKarpenterLaunchesWhatBerthPlacesAndRemovesWhatItEmpties(t *testing.T) {
 		Args: []string{"--controllers=orgstatus,buildqueue,workspaces"},
 	})
 	framework.StartScheduler(t, env, nil)
-	karpenter := framework.StartKarpenter(t, env, consolidateAfter("10s"))
+	karpenter := framework.StartKarpenter(t, env, localcluster.KarpenterQuickConsolidation("10s"))
 	org := testutil.Org("team").MaxWorkspaces(workspaces).MaxConcurrentBuilds(2).Obj()
 	env.Create(t, org)
 	ns := env.Namespace(t, org.Name)
@@ -109,9 +107,19 @@ func TestKarpenterLaunchesWhatBerthPlacesAndRemovesWhatItEmpties(t *testing.T) {
 	launched := nodeClaims(t, env)
 	time.Sleep(15 * time.Second)
 	assert.Equal(t, launched, nodeClaims(t, env), "no node launched while only held-back work waits")
+	peak := snap(t, env, ns)
+	framework.Report(t, "Karpenter launched, for %d workspaces, 2 builds and %d vLLM Pods: %s", workspaces, inference, peak)
 	pods, err := berthPods(t.Context(), env, ns)
 	require.NoError(t, err)
-	report(t, env, pods)
+	busy := map[string]bool{}
+	for _, p := range pods {
+		busy[p.Spec.NodeName] = true
+	}
+	var nodes corev1.NodeList
+	require.NoError(t, env.Client.List(t.Context(), &nodes))
+	for _, n := range nodes.Items {
+		assert.True(t, busy[n.Name], "node %s of pool %s runs a berth Pod", n.Name, n.Labels[localcluster.LabelPool])
+	}
 
 	// The load shrinks: the workspaces stop and the builds, queued ones
 	// included, run to their end.
@@ -145,16 +153,7 @@ func TestKarpenterLaunchesWhatBerthPlacesAndRemovesWhatItEmpties(t *testing.T) {
 		err := env.Client.List(ctx, &nodes)
 		return len(nodes.Items) == 0, err
 	})
-}
-
-// consolidateAfter shortens every NodePool's consolidateAfter, so that the
-// test does not wait minutes for an emptied node to go.
-func consolidateAfter(d string) func(*unstructured.Unstructured) {
-	return func(o *unstructured.Unstructured) {
-		if o.GetKind() == "NodePool" {
-			_ = unstructured.SetNestedField(o.Object, d, "spec", "disruption", "consolidateAfter")
-		}
-	}
+	framework.Report(t, "Karpenter removed all %d nodes once the workspaces stopped, the builds ended and vLLM went", peak.total())
 }
 
 // workspace is a started Workspace of 2 CPUs and 8Gi.
@@ -199,49 +198,6 @@ func nodeClaims(t *testing.T, env *framework.ClusterEnv) []string {
 	return names
 }
 
-// report logs, per pool, the nodes Karpenter launched against the packing
-// lower bound of the Pods that run there, and the hourly cost; and checks
-// that each launched node runs one of the Pods.
-func report(t *testing.T, env *framework.ClusterEnv, pods []corev1.Pod) {
-	t.Helper()
-	byPool, err := env.NodesByPool(t.Context())
-	require.NoError(t, err)
-	poolOf := map[string]string{}
-	for pool, nodes := range byPool {
-		for _, n := range nodes {
-			poolOf[n.Name] = pool
-		}
-	}
-	podsOf := map[string][]*corev1.Pod{}
-	busy := map[string]bool{}
-	for i := range pods {
-		p := &pods[i]
-		podsOf[poolOf[p.Spec.NodeName]] = append(podsOf[poolOf[p.Spec.NodeName]], p)
-		busy[p.Spec.NodeName] = true
-	}
-	var lines []string
-	total := 0.0
-	for _, name := range env.Pools.Names() {
-		pool, _ := env.Pools.Get(name)
-		for _, n := range byPool[name] {
-			assert.True(t, busy[n.Name], "node %s of pool %s runs a berth Pod", n.Name, name)
-		}
-		cost := float64(len(byPool[name])) * nodePrice(name, pool)
-		total += cost
-		lines = append(lines, fmt.Sprintf("%s: %d nodes, lower bound %d, $%.2f/h", name, len(byPool[name]), demo.LowerBound(podsOf[name], pool), cost))
-	}
-	t.Logf("Karpenter launched, for %d Pods: %s; $%.2f/h", len(pods), strings.Join(lines, "; "), total)
-}
-
-// nodePrice is what a node of the pool costs an hour: spot for spot-ssd, as
-// manifests/karpenter/nodepools.yaml launches it, else on demand.
-func nodePrice(name string, pool *localcluster.Pool) float64 {
-	if name == "spot-ssd" {
-		return pool.Price.Spot
-	}
-	return pool.Price.OnDemand
-}
-
 // A build is never held off a node Karpenter sees room on. berth-scheduler
 // here expects each build to write more than any node's disk
 // (buildScratchBytes), while the build asks for the org's scratch request.
@@ -254,7 +210,7 @@ func TestABuildGoesWhereKarpenterSeesRoom(t *testing.T) {
 	framework.StartScheduler(t, env, func(cfg map[string]any) {
 		placementArgs(t, cfg)["buildScratchBytes"] = 4000 << 30
 	})
-	karpenter := framework.StartKarpenter(t, env, consolidateAfter("10s"))
+	karpenter := framework.StartKarpenter(t, env, localcluster.KarpenterQuickConsolidation("10s"))
 	org := testutil.Org("builders").Obj()
 	env.Create(t, org)
 	ns := env.Namespace(t, org.Name)
