@@ -175,7 +175,10 @@ func setResource(l *corev1.ResourceList, name corev1.ResourceName, q resource.Qu
 
 // addScratch gives a build its /workspace emptyDir on the node's disk, sized
 // from the Organization, and the matching ephemeral-storage request and
-// limit on its first container.
+// limit on its first container. The request is never below the org's
+// scratch request: schedulers and autoscalers fit builds on a node's disk
+// by their requests, so a tenant asking for less could pack builds past
+// what the disk holds and press on other tenants' Pods there.
 func addScratch(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
 	limit := org.Spec.ScratchLimit()
 	// Never above what the build class allows: a scratch size the user did
@@ -196,15 +199,18 @@ func addScratch(spec *corev1.PodSpec, org *berthv1alpha1.Organization) {
 	mountAll(spec, corev1.VolumeMount{Name: ScratchVolume, MountPath: ScratchMountPath})
 	if len(spec.Containers) > 0 {
 		c := &spec.Containers[0]
-		if _, ok := c.Resources.Requests[corev1.ResourceEphemeralStorage]; !ok {
+		if req, ok := c.Resources.Requests[corev1.ResourceEphemeralStorage]; !ok || req.Cmp(request) < 0 {
 			setResource(&c.Resources.Requests, corev1.ResourceEphemeralStorage, request)
 		}
-		if _, ok := c.Resources.Limits[corev1.ResourceEphemeralStorage]; !ok {
+		req := c.Resources.Requests[corev1.ResourceEphemeralStorage]
+		if lim, ok := c.Resources.Limits[corev1.ResourceEphemeralStorage]; !ok {
 			l := limit
-			if req := c.Resources.Requests[corev1.ResourceEphemeralStorage]; req.Cmp(l) > 0 {
+			if req.Cmp(l) > 0 {
 				l = req // a limit below the request is invalid
 			}
 			setResource(&c.Resources.Limits, corev1.ResourceEphemeralStorage, l)
+		} else if lim.Cmp(req) < 0 {
+			setResource(&c.Resources.Limits, corev1.ResourceEphemeralStorage, req)
 		}
 	}
 }

@@ -275,10 +275,24 @@ func TestMutatePodBuildScratch(t *testing.T) {
 			wantSizeLimit: "30Gi", wantRequest: "10Gi", wantLimit: "30Gi",
 		},
 		{
-			name:          "explicit ephemeral storage is kept",
+			name:          "a larger explicit ephemeral storage is kept",
 			org:           testOrg().Obj(),
-			pod:           testutil.Pod("b").Resource(eph, "5Gi").Container(sidecar).Obj(),
-			wantSizeLimit: "20Gi", wantRequest: "5Gi", wantLimit: "5Gi",
+			pod:           testutil.Pod("b").Resource(eph, "15Gi").Container(sidecar).Obj(),
+			wantSizeLimit: "20Gi", wantRequest: "15Gi", wantLimit: "15Gi",
+		},
+		{
+			// Builds are fitted on a node's disk by their requests: one
+			// asking for less would pack past what the disk holds.
+			name:          "a smaller explicit request is raised to the org's",
+			org:           testOrg().Obj(),
+			pod:           testutil.Pod("b").Resource(eph, "1Mi").Container(sidecar).Obj(),
+			wantSizeLimit: "20Gi", wantRequest: "10Gi", wantLimit: "10Gi",
+		},
+		{
+			name:          "a smaller request alone is raised, the org's limit added",
+			org:           testOrg().Obj(),
+			pod:           testutil.Pod("b").Request(eph, "1Mi").Obj(),
+			wantSizeLimit: "20Gi", wantRequest: "10Gi", wantLimit: "20Gi",
 		},
 	}
 	for _, tt := range tests {

@@ -182,3 +182,20 @@ func TestBuildGetsTheOrgsCache(t *testing.T) {
 	assert.Contains(t, main.Env, corev1.EnvVar{Name: "MAVEN_OPTS", Value: "-Dmaven.repo.local=/cache/m2"})
 	assert.Contains(t, main.Env, corev1.EnvVar{Name: "GRADLE_USER_HOME", Value: "/cache/gradle"})
 }
+
+// A build cannot ask for less disk than the org sized builds for: the
+// scheduler and autoscalers fit builds on a node's disk by their requests,
+// so a tiny request would let one tenant's builds fill a disk other
+// tenants' Pods share.
+func TestABuildCannotAskForLessDiskThanTheOrgsScratch(t *testing.T) {
+	env := setup(t)
+	org := newOrg(t, env, testutil.Org(orgName()))
+	ns := orgNamespace(t, env, org.Name)
+
+	job := testutil.Job("small-disk").Namespace(ns).Class(berthv1alpha1.ClassBuild).Command("make").
+		Resource(corev1.ResourceEphemeralStorage, "1Mi").Obj()
+	env.Create(t, job)
+	main := job.Spec.Template.Spec.Containers[0]
+	assert.Equal(t, "10Gi", ptr.To(main.Resources.Requests[corev1.ResourceEphemeralStorage]).String(), "the org's scratch request")
+	assert.Equal(t, "10Gi", ptr.To(main.Resources.Limits[corev1.ResourceEphemeralStorage]).String(), "a limit below the request is raised with it")
+}
