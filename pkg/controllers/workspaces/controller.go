@@ -323,10 +323,11 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		}
 		live = append(live, pod)
 	}
-	if cur == nil && r.fresh && !(ws.Spec.Started && ws.Status.PodName == "" && ws.Status.PodUID == "") {
-		// The cache may not have a Pod berth has just created. A wake of a
-		// stopped workspace skips the look: its create meets such a Pod
-		// as AlreadyExists.
+	// A wake of a stopped workspace names no Pod yet: its create meets a
+	// Pod the cache has not seen as AlreadyExists, so it skips the look.
+	cleanWake := ws.Spec.Started && ws.Status.PodName == "" && ws.Status.PodUID == ""
+	if cur == nil && r.fresh && !cleanWake {
+		// The cache may not have a Pod berth has just created.
 		for _, name := range []string{ws.Status.PodName, startName(ws)} {
 			if name == "" || cur != nil {
 				continue
