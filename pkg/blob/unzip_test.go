@@ -3,14 +3,10 @@ package blob_test
 import (
 	"archive/zip"
 	"bytes"
-	"compress/flate"
-	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"berth.dev/berth/pkg/blob"
+	"berth.dev/berth/pkg/blob/blobtest"
 )
 
 // entry is one member of a test archive.
@@ -239,12 +236,12 @@ func TestUnzipRefusesOverlappingEntries(t *testing.T) {
 			// 2,048 entries of 1 MiB each, just small enough for the
 			// per-entry ratio check: 2 GiB from about 100 KiB.
 			name: "entries share one stream",
-			zip:  sharedStreamBomb(t, 2048, blob.RatioMinBytes),
+			zip:  blobtest.SharedStreamBomb(2048, blob.RatioMinBytes),
 			want: `entry "1": overlaps entry "0" in the archive (its data is at offset 31)`,
 		},
 		{
 			name: "entry inside another",
-			zip:  nestedEntry(t),
+			zip:  blobtest.NestedEntry(),
 			want: `entry "b": overlaps entry "a" in the archive (its data is at offset 62)`,
 		},
 	}
@@ -280,7 +277,7 @@ func TestUnzipTotalRatio(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dest := filepath.Join(t.TempDir(), "src")
-			st, err := unzipBytes(t, zeroEntries(t, tc.entries, blob.RatioMinBytes), dest, tc.limits)
+			st, err := unzipBytes(t, blobtest.ZeroEntries(tc.entries, blob.RatioMinBytes), dest, tc.limits)
 			if tc.want == "" {
 				require.NoError(t, err)
 				assert.Equal(t, int64(tc.entries)*blob.RatioMinBytes, st.Bytes)
@@ -295,121 +292,4 @@ func TestUnzipTotalRatio(t *testing.T) {
 			assert.True(t, errors.Is(statErr, fs.ErrNotExist), "nothing is written")
 		})
 	}
-}
-
-// deflated is size zero bytes, deflated, and their CRC-32.
-func deflated(t testing.TB, size int) ([]byte, uint32) {
-	t.Helper()
-	var buf bytes.Buffer
-	fw, err := flate.NewWriter(&buf, flate.BestCompression)
-	require.NoError(t, err)
-	zeros := make([]byte, size)
-	_, err = fw.Write(zeros)
-	require.NoError(t, err)
-	require.NoError(t, fw.Close())
-	return buf.Bytes(), crc32.ChecksumIEEE(zeros)
-}
-
-// zeroEntries is a zip of n entries, each of size zero bytes, each with
-// its own copy of the compressed data.
-func zeroEntries(t testing.TB, n, size int) []byte {
-	t.Helper()
-	data, sum := deflated(t, size)
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for i := range n {
-		w, err := zw.CreateRaw(&zip.FileHeader{
-			Name: strconv.Itoa(i), Method: zip.Deflate, CRC32: sum,
-			CompressedSize64: uint64(len(data)), UncompressedSize64: uint64(size),
-		})
-		require.NoError(t, err)
-		_, err = w.Write(data)
-		require.NoError(t, err)
-	}
-	require.NoError(t, zw.Close())
-	return buf.Bytes()
-}
-
-// sharedStreamBomb is a zip of one local file of size zero bytes, and n
-// directory entries that all point at it.
-func sharedStreamBomb(t testing.TB, n, size int) []byte {
-	t.Helper()
-	data, sum := deflated(t, size)
-	var z rawZip
-	z.Write(localHeader("0", zip.Deflate, sum, len(data), size))
-	z.Write(data)
-	for i := range n {
-		z.central(strconv.Itoa(i), zip.Deflate, sum, len(data), size, 0)
-	}
-	return z.finish()
-}
-
-// nestedEntry is a zip whose stored entry "a" holds the local header and
-// data of entry "b", both in the directory.
-func nestedEntry(t testing.TB) []byte {
-	t.Helper()
-	inner := []byte("inner")
-	b := append(localHeader("b", zip.Store, crc32.ChecksumIEEE(inner), len(inner), len(inner)), inner...)
-	var z rawZip
-	z.Write(localHeader("a", zip.Store, crc32.ChecksumIEEE(b), len(b), len(b)))
-	z.Write(b)
-	z.central("a", zip.Store, crc32.ChecksumIEEE(b), len(b), len(b), 0)
-	z.central("b", zip.Store, crc32.ChecksumIEEE(inner), len(inner), len(inner), 30+len("a"))
-	return z.finish()
-}
-
-// rawZip writes zip structures by hand, for archives archive/zip will not
-// write: local files go in the buffer, directory entries, free to point
-// anywhere, are added by finish.
-type rawZip struct {
-	bytes.Buffer
-	dir bytes.Buffer
-	n   int
-}
-
-func localHeader(name string, method uint16, crc uint32, csize, usize int) []byte {
-	b := binary.LittleEndian.AppendUint32(nil, 0x04034b50)
-	b = binary.LittleEndian.AppendUint16(b, 20) // version needed
-	b = binary.LittleEndian.AppendUint16(b, 0)  // flags
-	b = binary.LittleEndian.AppendUint16(b, method)
-	b = binary.LittleEndian.AppendUint32(b, 0) // time and date
-	b = binary.LittleEndian.AppendUint32(b, crc)
-	b = binary.LittleEndian.AppendUint32(b, uint32(csize))
-	b = binary.LittleEndian.AppendUint32(b, uint32(usize))
-	b = binary.LittleEndian.AppendUint16(b, uint16(len(name)))
-	b = binary.LittleEndian.AppendUint16(b, 0) // extra
-	return append(b, name...)
-}
-
-func (z *rawZip) central(name string, method uint16, crc uint32, csize, usize, offset int) {
-	b := binary.LittleEndian.AppendUint32(nil, 0x02014b50)
-	b = binary.LittleEndian.AppendUint16(b, 20) // version made by: FAT
-	b = binary.LittleEndian.AppendUint16(b, 20) // version needed
-	b = binary.LittleEndian.AppendUint16(b, 0)  // flags
-	b = binary.LittleEndian.AppendUint16(b, method)
-	b = binary.LittleEndian.AppendUint32(b, 0) // time and date
-	b = binary.LittleEndian.AppendUint32(b, crc)
-	b = binary.LittleEndian.AppendUint32(b, uint32(csize))
-	b = binary.LittleEndian.AppendUint32(b, uint32(usize))
-	b = binary.LittleEndian.AppendUint16(b, uint16(len(name)))
-	b = binary.LittleEndian.AppendUint64(b, 0) // extra, comment, disk, internal attributes
-	b = binary.LittleEndian.AppendUint32(b, 0) // external attributes
-	b = binary.LittleEndian.AppendUint32(b, uint32(offset))
-	z.dir.Write(append(b, name...))
-	z.n++
-}
-
-// finish appends the directory and its end record.
-func (z *rawZip) finish() []byte {
-	start := z.Len()
-	z.Write(z.dir.Bytes())
-	b := binary.LittleEndian.AppendUint32(nil, 0x06054b50)
-	b = binary.LittleEndian.AppendUint32(b, 0) // disk numbers
-	b = binary.LittleEndian.AppendUint16(b, uint16(z.n))
-	b = binary.LittleEndian.AppendUint16(b, uint16(z.n))
-	b = binary.LittleEndian.AppendUint32(b, uint32(z.dir.Len()))
-	b = binary.LittleEndian.AppendUint32(b, uint32(start))
-	b = binary.LittleEndian.AppendUint16(b, 0) // comment
-	z.Write(b)
-	return z.Bytes()
 }

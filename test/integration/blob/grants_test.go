@@ -1,6 +1,7 @@
 package blob
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -30,6 +31,7 @@ import (
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/blob"
+	"berth.dev/berth/pkg/blob/blobtest"
 	"berth.dev/berth/pkg/testutil"
 	"berth.dev/berth/test/framework"
 	"berth.dev/berth/webhooks"
@@ -364,4 +366,45 @@ func httpGet(t *testing.T, url string) []byte {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", b)
 	return b
+}
+
+// A build's sources that try to escape or to blow up are refused by the
+// real berth-blob, running as the build Pod with its projected token: a
+// zip-slip, a chain of the archive's own symlinks that leads a dangling
+// link out, and a zip bomb whose 2,048 entries share one compressed
+// stream. Nothing is written outside the destination, and a refusal is not
+// retried.
+func TestMaliciousSourcesAreRefusedAsTheBuildPod(t *testing.T) {
+	e := setup(t)
+	c := managerCluster(t, e)
+	project := "evil-" + rand.String(5)
+	ns := orgNamespace(t, c, orgWithBlob(e, "blob-evil-"+rand.String(5), berthv1alpha1.BlobProject{Name: project}))
+	pod := buildPod(t, c, ns, project)
+	ca, token := managerCA(t, pod), podToken(t, c, pod)
+
+	var slip bytes.Buffer
+	zw := zip.NewWriter(&slip)
+	w, err := zw.Create("../../escaped.txt")
+	require.NoError(t, err)
+	_, _ = w.Write([]byte("pwned"))
+	require.NoError(t, zw.Close())
+
+	for _, tc := range []struct {
+		name    string
+		archive []byte
+		want    string
+	}{
+		{"zip-slip", slip.Bytes(), `entry "../../escaped.txt": climbs out of the destination with ".." (zip-slip)`},
+		{"symlink chain", blobtest.SymlinkChain(), `entry "l": symlink to "p/../x" resolves, through the archive's symlinks, outside the destination`},
+		{"overlapping entries", blobtest.SharedStreamBomb(2048, blob.RatioMinBytes), "entries that share bytes are a zip bomb"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.uploadRaw(t, "uploads", blob.SourceName(project), tc.archive)
+			r := e.asPod(t, token, ca, nil, "fetch", "--project="+project, "--dest=work/src")
+			assert.NotEqual(t, 0, r.code)
+			assert.Contains(t, r.stderr, tc.want)
+			assert.Equal(t, 1, strings.Count(r.stderr, "unsafe archive"), "refused once, not retried")
+		})
+	}
+	assert.Less(t, len(blobtest.SharedStreamBomb(2048, blob.RatioMinBytes)), 128<<10, "the bomb is small")
 }
