@@ -17,6 +17,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	certutil "k8s.io/client-go/util/cert"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/audit"
@@ -143,8 +145,14 @@ func TestKubectlBerthUsageAndAuditVerify(t *testing.T) {
 	ws := &berthv1alpha1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: ns},
 		Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: startedWorkspace(ns, "ide").Spec.Template}}
 	env.Create(t, ws)
-	ws.Status.Phase = berthv1alpha1.WorkspaceRunning
-	require.NoError(t, env.Client.Status().Update(t.Context(), ws))
+	// berth-meter adds its finalizer meanwhile: write on the latest.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(t.Context(), client.ObjectKeyFromObject(ws), ws); err != nil {
+			return err
+		}
+		ws.Status.Phase = berthv1alpha1.WorkspaceRunning
+		return env.Client.Status().Update(t.Context(), ws)
+	}))
 	now := time.Now().Truncate(time.Minute)
 	require.NoError(t, metering.Write(t.Context(), pool, metering.Intervals(metering.Pod{
 		UID: "00000000-0000-0000-0000-0000000000a3", Org: "acme", Namespace: ns, Name: "ide-1-abcde", Class: "workspace",
