@@ -80,18 +80,24 @@ func TestKarpenterLaunchesWhatBerthPlacesAndRemovesWhatItEmpties(t *testing.T) {
 			running[berthv1alpha1.ClassInference] == inference, nil
 	})
 
-	// The workspace over quota is stopped, refused; the queued builds have
-	// no Pods.
+	// The workspace over quota is stopped, refused; the others' status
+	// follows their Pods. The queued builds have no Pods.
 	var list berthv1alpha1.WorkspaceList
-	require.NoError(t, env.Client.List(t.Context(), &list, client.InNamespace(ns)))
-	refused := 0
-	for _, ws := range list.Items {
-		if ws.Status.Phase != berthv1alpha1.WorkspaceRunning {
-			assert.True(t, meta.IsStatusConditionTrue(ws.Status.Conditions, "StartFailed"), "workspace %s: %s", ws.Name, ws.Status.Message)
-			refused++
+	framework.Eventually(t, time.Minute, "12 Workspaces Running and one refused", func(ctx context.Context) (bool, error) {
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return false, err
 		}
-	}
-	assert.Equal(t, 1, refused, "one workspace over the org's quota")
+		runningWS, refused := 0, 0
+		for _, ws := range list.Items {
+			switch {
+			case ws.Status.Phase == berthv1alpha1.WorkspaceRunning:
+				runningWS++
+			case ws.Status.Phase == berthv1alpha1.WorkspaceStopped && meta.IsStatusConditionTrue(ws.Status.Conditions, "StartFailed"):
+				refused++
+			}
+		}
+		return runningWS == workspaces && refused == 1, nil
+	})
 	var jobs batchv1.JobList
 	require.NoError(t, env.Client.List(t.Context(), &jobs, client.InNamespace(ns)))
 	queued := 0
