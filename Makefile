@@ -95,6 +95,18 @@ endif
 	$(GO) build -o $(BIN)/ ./cmd/berth-manager ./cmd/berth-meter ./cmd/berth-scheduler
 	$(BIN)/localcluster demo $(if $(AUTOSCALER),--autoscaler=$(AUTOSCALER))
 
+.PHONY: kind-up
+kind-up: ## With Docker: create a kind cluster from kind-config.yaml, load berth's images (kind load image-archive) and install the chart (KIND_CLUSTER=berth, HELM_FLAGS=...).
+	bash hack/kind.sh up
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster make kind-up created.
+	bash hack/kind.sh down
+
+.PHONY: test-e2e
+test-e2e: ## Run the end-to-end tests on E2E_PROVIDER=local (default: a local cluster with berth beside it) or kind (the cluster make kind-up made, berth from its chart).
+	E2E_PROVIDER=$(or $(E2E_PROVIDER),local) $(GO) test -count=1 -timeout 20m $(TEST_FLAGS) ./test/e2e/...
+
 .PHONY: bump-k8s
 bump-k8s: ## Pin another Kubernetes release: make bump-k8s VERSION=v1.36.3.
 	bash hack/bump-k8s.sh $(VERSION)

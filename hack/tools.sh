@@ -12,10 +12,12 @@
 #   metrics.k8s.io
 #   karpenter-kwok (sigs.k8s.io/karpenter/kwok), Karpenter with its kwok
 #   provider, for the autoscaler end-to-end test
+#   kind (sigs.k8s.io/kind), for make kind-up only: built on demand, not by
+#   the default target
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
 #
 # usage: hack/tools.sh            build what is missing
-#        hack/tools.sh controller-gen | golangci-lint | karpenter   build just that one
+#        hack/tools.sh controller-gen | golangci-lint | karpenter | kind | helm   build just that one
 #        hack/tools.sh env        print the directories holding the tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +116,12 @@ case "${1:-all}" in
   karpenter)
     install_karpenter
     ;;
+  helm)
+    go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    ;;
+  kind)
+    go_install "$KIND_DIR" "$KIND_VERSION" sigs.k8s.io/kind
+    ;;
   controller-gen)
     go_install "$CONTROLLER_GEN_DIR" "$CONTROLLER_GEN_VERSION" sigs.k8s.io/controller-tools/cmd/controller-gen
     ;;
@@ -130,6 +138,7 @@ case "${1:-all}" in
     echo "GOLANGCI_LINT_DIR=$GOLANGCI_LINT_DIR"
     echo "METRICS_SERVER_DIR=$METRICS_SERVER_DIR"
     echo "KARPENTER_DIR=$KARPENTER_DIR"
+    echo "KIND_DIR=$KIND_DIR"
     ;;
-  *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|karpenter|env]" >&2; exit 2 ;;
+  *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|karpenter|kind|helm|env]" >&2; exit 2 ;;
 esac

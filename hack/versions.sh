@@ -13,6 +13,9 @@ METRICS_SERVER_VERSION=v0.8.0
 # toolchain from the module proxy.
 KARPENTER_VERSION=v1.14.3
 KARPENTER_GO=go1.26.10
+# kind, for make kind-up on machines with a container engine; not built by
+# make tools.
+KIND_VERSION=v0.33.0
 
 # The cache lives outside the clone, one folder per tool and version.
 TOOLS_CACHE=${BERTH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/tools}
@@ -24,6 +27,7 @@ AZURITE_DIR=$TOOLS_CACHE/azurite-$AZURITE_VERSION
 HELM_DIR=$TOOLS_CACHE/helm-$HELM_VERSION
 METRICS_SERVER_DIR=$TOOLS_CACHE/metrics-server-$METRICS_SERVER_VERSION
 KARPENTER_DIR=$TOOLS_CACHE/karpenter-$KARPENTER_VERSION
+KIND_DIR=$TOOLS_CACHE/kind-$KIND_VERSION
 # golangci-lint must be built with a Go at least as new as the code it checks,
 # so it is cached per Go version too and rebuilt when Go changes.
 GOLANGCI_LINT_DIR=$TOOLS_CACHE/golangci-lint-$GOLANGCI_LINT_VERSION-$(go env GOVERSION)

@@ -30,7 +30,8 @@ import (
 )
 
 // ClusterEnv is a running local cluster with berth's CRDs installed and the
-// fake node pools created.
+// fake node pools created, or (from Berth, on the kind provider) a cluster
+// berth was installed on.
 type ClusterEnv struct {
 	Cluster *localcluster.Cluster
 	// Config reaches the API server as cluster admin.
@@ -43,10 +44,18 @@ type ClusterEnv struct {
 	Pools *localcluster.Pools
 	// Tools are the binaries, kubectl among them.
 	Tools localcluster.Tools
+	// kubeconfig is the admin kubeconfig of a provided cluster (Cluster
+	// is nil then).
+	kubeconfig string
 }
 
 // Kubeconfig is the path of an admin kubeconfig for the cluster.
-func (e *ClusterEnv) Kubeconfig() string { return e.Cluster.Kubeconfig() }
+func (e *ClusterEnv) Kubeconfig() string {
+	if e.Cluster == nil {
+		return e.kubeconfig
+	}
+	return e.Cluster.Kubeconfig()
+}
 
 // Cluster returns the package's local cluster, starting it on first use.
 func Cluster(t testing.TB) *ClusterEnv {

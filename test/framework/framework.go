@@ -94,6 +94,11 @@ var state struct {
 	// azuriteOAuth is a second Azurite, on HTTPS with Azure AD tokens.
 	azuriteOAuth    *Azurite
 	azuriteOAuthErr error
+	// berthOnce starts berth beside the local cluster for Berth.
+	berthOnce sync.Once
+	// provided is the cluster E2E_PROVIDER=kind names.
+	provided    *ClusterEnv
+	providedErr error
 }
 
 // Main runs the package's tests and tears down what they started. Call it from

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -117,15 +118,7 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(ws), ws)
 		return ws.Spec.NodeName != "", err
 	})
-	framework.Eventually(t, 2*time.Minute, "both builds released in turn and finished", func(ctx context.Context) (bool, error) {
-		var jobs batchv1.JobList
-		err := env.Client.List(ctx, &jobs, client.InNamespace(ns))
-		done := 0
-		for _, j := range jobs.Items {
-			done += int(j.Status.Succeeded)
-		}
-		return done == 2, err
-	})
+	waitBuildsSucceeded(t, env, ns, 2, 2*time.Minute)
 	framework.Eventually(t, time.Minute, "status.workspaces = 1", func(ctx context.Context) (bool, error) {
 		got := &berthv1alpha1.Organization{}
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(org), got)
@@ -134,7 +127,28 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 	log, err := os.ReadFile(manager.Log)
 	require.NoError(t, err)
 	assert.Contains(t, string(log), `managerUsername="system:serviceaccount:`+namespace+`:berth-manager"`, "berth-manager runs as the chart's ServiceAccount")
-	for _, p := range []*framework.Process{manager, scheduler} {
+	assertNotRefused(t, manager, scheduler)
+}
+
+// waitBuildsSucceeded waits until n Jobs of ns have succeeded.
+func waitBuildsSucceeded(t *testing.T, env *framework.ClusterEnv, ns string, n int, timeout time.Duration) {
+	t.Helper()
+	framework.Eventually(t, timeout, fmt.Sprintf("%d builds released in turn and finished", n), func(ctx context.Context) (bool, error) {
+		var jobs batchv1.JobList
+		err := env.Client.List(ctx, &jobs, client.InNamespace(ns))
+		done := 0
+		for _, j := range jobs.Items {
+			done += int(j.Status.Succeeded)
+		}
+		return done == n, err
+	})
+}
+
+// assertNotRefused checks that none of procs, each run as one of the
+// chart's ServiceAccounts, logged a request the API server refused it.
+func assertNotRefused(t *testing.T, procs ...*framework.Process) {
+	t.Helper()
+	for _, p := range procs {
 		log, err := os.ReadFile(p.Log)
 		require.NoError(t, err)
 		for _, line := range strings.Split(string(log), "\n") {
