@@ -95,6 +95,10 @@ endif
 	$(GO) build -o $(BIN)/ ./cmd/berth-manager ./cmd/berth-meter ./cmd/berth-scheduler
 	$(BIN)/localcluster demo $(if $(AUTOSCALER),--autoscaler=$(AUTOSCALER))
 
+.PHONY: krew
+krew: ## Package kubectl berth for krew: an archive per platform and the manifest rendered from .krew.yaml, in bin/krew (VERSION=v0.1.0).
+	$(GO) run ./hack/krew --version $(or $(VERSION),v0.1.0) --out $(BIN)/krew
+
 .PHONY: kind-up
 kind-up: ## With Docker: create a kind cluster from kind-config.yaml, load berth's images (kind load image-archive) and install the chart (KIND_CLUSTER=berth, HELM_FLAGS=...).
 	bash hack/kind.sh up

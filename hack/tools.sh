@@ -12,6 +12,7 @@
 #   metrics.k8s.io
 #   karpenter-kwok (sigs.k8s.io/karpenter/kwok), Karpenter with its kwok
 #   provider, for the autoscaler end-to-end test
+#   krew (sigs.k8s.io/krew), for the test that installs kubectl berth with it
 #   kind (sigs.k8s.io/kind), for make kind-up only: built on demand, not by
 #   the default target
 # A tool already in the cache is not rebuilt, so a fresh clone reuses it.
@@ -110,6 +111,7 @@ case "${1:-all}" in
     install_azurite
     go_install "$HELM_DIR" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
     go_install "$METRICS_SERVER_DIR" "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server
+    go_install "$KREW_DIR" "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew
     install_karpenter
     install_golangci_lint
     ;;
@@ -139,6 +141,7 @@ case "${1:-all}" in
     echo "METRICS_SERVER_DIR=$METRICS_SERVER_DIR"
     echo "KARPENTER_DIR=$KARPENTER_DIR"
     echo "KIND_DIR=$KIND_DIR"
+    echo "KREW_DIR=$KREW_DIR"
     ;;
   *) echo "usage: hack/tools.sh [all|controller-gen|golangci-lint|karpenter|kind|helm|env]" >&2; exit 2 ;;
 esac

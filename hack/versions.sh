@@ -13,6 +13,8 @@ METRICS_SERVER_VERSION=v0.8.0
 # toolchain from the module proxy.
 KARPENTER_VERSION=v1.14.3
 KARPENTER_GO=go1.26.10
+# krew, for the test that installs kubectl berth from its krew manifest.
+KREW_VERSION=v0.4.3
 # kind, for make kind-up on machines with a container engine; not built by
 # make tools.
 KIND_VERSION=v0.33.0
@@ -28,6 +30,7 @@ HELM_DIR=$TOOLS_CACHE/helm-$HELM_VERSION
 METRICS_SERVER_DIR=$TOOLS_CACHE/metrics-server-$METRICS_SERVER_VERSION
 KARPENTER_DIR=$TOOLS_CACHE/karpenter-$KARPENTER_VERSION
 KIND_DIR=$TOOLS_CACHE/kind-$KIND_VERSION
+KREW_DIR=$TOOLS_CACHE/krew-$KREW_VERSION
 # golangci-lint must be built with a Go at least as new as the code it checks,
 # so it is cached per Go version too and rebuilt when Go changes.
 GOLANGCI_LINT_DIR=$TOOLS_CACHE/golangci-lint-$GOLANGCI_LINT_VERSION-$(go env GOVERSION)

@@ -31,6 +31,8 @@ type Tools struct {
 	// test; KarpenterCRDs is the folder of the CRDs it needs.
 	Karpenter     string
 	KarpenterCRDs string
+	// Krew installs kubectl berth from its manifest, for the krew test.
+	Krew string
 }
 
 // LocateTools reads the tool cache's layout from hack/tools.sh, the one place
@@ -64,6 +66,7 @@ func LocateTools(ctx context.Context, root string) (Tools, error) {
 		MetricsServer:         filepath.Join(dirs["METRICS_SERVER_DIR"], "metrics-server"),
 		Karpenter:             filepath.Join(dirs["KARPENTER_DIR"], "karpenter-kwok"),
 		KarpenterCRDs:         filepath.Join(dirs["KARPENTER_DIR"], "crds"),
+		Krew:                  filepath.Join(dirs["KREW_DIR"], "krew"),
 	}, nil
 }
 
