@@ -75,7 +75,16 @@ func ClassOf(pod *corev1.Pod) berthv1alpha1.Class {
 // scratch's ephemeral-storage request, which the stock resource fit checks
 // as an autoscaler does.
 func (d *Decider) Filter(pod *corev1.Pod, class berthv1alpha1.Class, n *NodeState) string {
-	if d.Keys.GPU.Matches(n.Node.Labels) && class != berthv1alpha1.ClassInference && !daemon(pod) {
+	return d.filter(pod, class, n, d.IsGPU(n.Node))
+}
+
+// IsGPU reports whether the node is a GPU node: it has the preset's GPU
+// label.
+func (d *Decider) IsGPU(node *corev1.Node) bool { return d.Keys.GPU.Matches(node.Labels) }
+
+// filter is Filter with the node's IsGPU already known.
+func (d *Decider) filter(pod *corev1.Pod, class berthv1alpha1.Class, n *NodeState, gpu bool) string {
+	if gpu && class != berthv1alpha1.ClassInference && !daemon(pod) {
 		return fmt.Sprintf("node %s is a GPU node, kept for inference; this Pod is not berth.dev/class=inference", n.Node.Name)
 	}
 	if class == berthv1alpha1.ClassBuild {

@@ -10,6 +10,8 @@ package placement
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,7 +27,8 @@ const Name = "BerthPlacement"
 
 // Plugin is the BerthPlacement plugin.
 type Plugin struct {
-	d *Decider
+	d    *Decider
+	memo nodeMemo
 }
 
 var (
@@ -55,9 +58,13 @@ func (p *Plugin) Filter(_ context.Context, _ fwk.CycleState, pod *corev1.Pod, ni
 	if ni.Node() == nil {
 		return fwk.NewStatus(fwk.Error, "node not found")
 	}
+	// A filter reads only the node and, for a build, its builds: the sums
+	// are the scores' (stateOf).
 	class := ClassOf(pod)
-	n := stateOf(ni, class)
-	if why := p.d.Filter(pod, class, &n); why != "" {
+	n := NodeState{Node: ni.Node()}
+	gpu, builds := p.memo.facts(p.d, ni, class == berthv1alpha1.ClassBuild)
+	n.Builds = builds
+	if why := p.d.filter(pod, class, &n, gpu); why != "" {
 		return fwk.NewStatus(fwk.Unschedulable, why)
 	}
 	return nil
@@ -91,36 +98,98 @@ func (p *Plugin) Score(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, ni
 		return 0, fwk.AsStatus(err)
 	}
 	s := data.(*preScoreState)
-	n := stateOf(ni, s.class)
+	n := stateOf(ni)
+	if s.class == berthv1alpha1.ClassBuild {
+		_, n.Builds = p.memo.facts(p.d, ni, true)
+	}
 	return p.d.Score(s.class, s.req, &n), nil
 }
 
 // ScoreExtensions is nil: scores are already 0 to MaxScore.
 func (p *Plugin) ScoreExtensions() fwk.ScoreExtensions { return nil }
 
-// stateOf reads a NodeState from the scheduler's snapshot, for placing a
-// Pod of class. It runs for every node in every cycle, so it reads only the
-// snapshot's sums and allocates nothing. Only a build needs the node's
-// builds, so they are counted only for one. The snapshot holds the Pods
-// assumed on the node but not yet bound, so they count too.
-func stateOf(ni fwk.NodeInfo, class berthv1alpha1.Class) NodeState {
+// stateOf reads a NodeState from the scheduler's snapshot's sums. It runs
+// for every node in every cycle, so it allocates nothing. The builds on the
+// node are the memo's, and only a build's score reads them.
+func stateOf(ni fwk.NodeInfo) NodeState {
 	alloc, req := ni.GetAllocatable(), ni.GetRequested()
-	pods := ni.GetPods()
-	n := NodeState{
+	return NodeState{
 		Node:     ni.Node(),
 		AllocCPU: alloc.GetMilliCPU(), AllocMemory: alloc.GetMemory(), AllocEphemeral: alloc.GetEphemeralStorage(),
 		AllocGPU: alloc.GetScalarResources()[gpuName],
 		ReqCPU:   req.GetMilliCPU(), ReqMemory: req.GetMemory(), ReqGPU: req.GetScalarResources()[gpuName],
-		Pods: len(pods),
+		Pods: len(ni.GetPods()),
 	}
-	if class == berthv1alpha1.ClassBuild {
-		for _, pi := range pods {
-			if ClassOf(pi.GetPod()) == berthv1alpha1.ClassBuild {
-				n.Builds++
-			}
+}
+
+// buildsOn counts the builds on the node, those assumed there included.
+func buildsOn(ni fwk.NodeInfo) int {
+	builds := 0
+	for _, pi := range ni.GetPods() {
+		if ClassOf(pi.GetPod()) == berthv1alpha1.ClassBuild {
+			builds++
 		}
 	}
-	return n
+	return builds
 }
 
 var gpuName = corev1.ResourceName("nvidia.com/gpu")
+
+// nodeMemo remembers, per NodeInfo of the scheduler's snapshot, what the
+// plugin reads of its node beyond the snapshot's sums: whether it is a GPU
+// node (Decider.IsGPU) and how many builds it runs. The filter asks for
+// every node in every cycle; reading a node's labels there (memory no other
+// plugin of the cycle touches) cost as much as the stock taint filter, and
+// counting a dense node's builds walks its hundred Pods.
+//
+// An answer holds while the NodeInfo holds the same Node object (the
+// scheduler never changes one in place: an update brings a new one) and,
+// for builds, the same generation (it changes with every Pod added, bound
+// or assumed, or removed). So only a node that changed since the last cycle
+// is read again. The memo is emptied after memoLimit answers are stored, so
+// that NodeInfos the scheduler dropped do not pile up.
+type nodeMemo struct {
+	m      sync.Map // fwk.NodeInfo → *nodeFacts
+	stores atomic.Int64
+}
+
+// nodeFacts are what the memo knows of one NodeInfo. They are never
+// changed once stored.
+type nodeFacts struct {
+	node *corev1.Node
+	gpu  bool
+	// generation is the NodeInfo's when builds was counted, or -1.
+	generation int64
+	builds     int
+}
+
+// memoLimit bounds the memo: a few times the nodes of a large cluster.
+const memoLimit = 1 << 14
+
+// facts returns whether the node is a GPU node and, when withBuilds, the
+// builds on it (the Pods assumed there included).
+func (m *nodeMemo) facts(d *Decider, ni fwk.NodeInfo, withBuilds bool) (gpu bool, builds int) {
+	node := ni.Node()
+	v, _ := m.m.Load(ni)
+	old, _ := v.(*nodeFacts)
+	if old != nil && old.node != node {
+		old = nil
+	}
+	if old != nil && (!withBuilds || old.generation == ni.GetGeneration()) {
+		return old.gpu, old.builds
+	}
+	f := &nodeFacts{node: node, generation: -1}
+	if old != nil {
+		f.gpu = old.gpu
+	} else {
+		f.gpu = d.IsGPU(node)
+	}
+	if withBuilds {
+		f.generation, f.builds = ni.GetGeneration(), buildsOn(ni)
+	}
+	if m.stores.Add(1)%memoLimit == 0 {
+		m.m.Clear()
+	}
+	m.m.Store(ni, f)
+	return f.gpu, f.builds
+}

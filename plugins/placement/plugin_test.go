@@ -40,12 +40,13 @@ func filterAndScore(t testing.TB, p *Plugin, pod *corev1.Pod, ni fwk.NodeInfo) (
 	return st, s
 }
 
-// The plugin runs on every node in every cycle: for a workspace or an
-// inference Pod it must not walk the node's Pods nor allocate.
+// The plugin runs on every node in every cycle: once it has read a node,
+// it must not walk the node's Pods nor allocate again until the node
+// changes, whatever the Pod's class.
 func TestPluginAllocatesNothingPerNode(t *testing.T) {
 	p := &Plugin{d: testDecider(t)}
 	ni := denseNode(t, 100, 3)
-	for _, pod := range []*corev1.Pod{workspace("ws", ""), vllm("v", ""), testutil.Pod("plain").Obj()} {
+	for _, pod := range []*corev1.Pod{workspace("ws", ""), vllm("v", ""), build("b", ""), testutil.Pod("plain").Obj()} {
 		cs := schedframework.NewCycleState()
 		scored := p.PreScore(t.Context(), cs, pod, nil).IsSuccess()
 		allocs := testing.AllocsPerRun(100, func() {
@@ -78,6 +79,24 @@ func TestPluginCountsAssumedBuilds(t *testing.T) {
 	assert.Equal(t, "node dense runs 2 builds, its disk's build capacity (label berth.dev/build-capacity)", st.Message())
 
 	// A workspace is not held back by the builds.
+	st, _ = filterAndScore(t, p, workspace("ws", ""), ni)
+	assert.True(t, st.IsSuccess(), st.Message())
+}
+
+// The plugin's memo of a node's labels follows the node: a spot node
+// relabelled as a GPU node (a new Node object in the snapshot, as an update
+// brings) refuses a workspace from the next cycle on, and back.
+func TestPluginSeesANodeRelabelled(t *testing.T) {
+	p := &Plugin{d: testDecider(t)}
+	ni := denseNode(t, 10, 0)
+	st, _ := filterAndScore(t, p, workspace("ws", ""), ni)
+	require.True(t, st.IsSuccess(), st.Message())
+
+	ni.SetNode(gpuNode("dense"))
+	st, _ = filterAndScore(t, p, workspace("ws", ""), ni)
+	assert.Equal(t, fwk.Unschedulable, st.Code(), "a workspace on a node now labelled GPU")
+
+	ni.SetNode(spotNode("dense"))
 	st, _ = filterAndScore(t, p, workspace("ws", ""), ni)
 	assert.True(t, st.IsSuccess(), st.Message())
 }

@@ -81,6 +81,7 @@ func startCluster() (*ClusterEnv, error) {
 		Tools:   state.tools,
 	}
 	opts.MetricsServer = state.opts.metricsServer
+	opts.DisableScheduler = state.opts.noStockScheduler
 	if state.opts.admissionOnly {
 		opts.DisableScheduler = true
 		opts.ExtraArgs = append(opts.ExtraArgs, "kube-controller-manager=controllers=serviceaccount-controller,serviceaccount-token-controller")

@@ -36,9 +36,10 @@ import (
 type Option func(*options)
 
 type options struct {
-	pools         map[string]int
-	admissionOnly bool
-	metricsServer bool
+	pools            map[string]int
+	admissionOnly    bool
+	metricsServer    bool
+	noStockScheduler bool
 }
 
 // WithMetricsServer runs metrics-server in the package's cluster, so that
@@ -55,6 +56,13 @@ func WithMetricsServer() Option {
 // controllers' reaction to its Pods on the same cores.
 func WithAdmissionOnly() Option {
 	return func(o *options) { o.admissionOnly = true }
+}
+
+// WithoutStockScheduler starts the package's cluster with no kube-scheduler
+// of its own, for benchmarks that run the stock one with StartStockScheduler,
+// started as berth-scheduler is.
+func WithoutStockScheduler() Option {
+	return func(o *options) { o.noStockScheduler = true }
 }
 
 // WithPoolSizes sets how many fake nodes each pool of

@@ -30,7 +30,6 @@ func StartScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 
 func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *Process {
 	t.Helper()
-	bin := Binary(t, "berth-scheduler")
 	raw, err := os.ReadFile(filepath.Join(state.root, SchedulerConfig))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +42,37 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 	if edit != nil {
 		edit(cfg)
 	}
-	dir, err := os.MkdirTemp(state.dir, "berth-scheduler-")
+	return runScheduler(t, "berth-scheduler", Binary(t, "berth-scheduler"), cfg)
+}
+
+// StartStockScheduler runs the stock kube-scheduler of the tool cache with
+// its default profile (schedulerName default-scheduler) until the test
+// ends, started as StartScheduler starts berth-scheduler: the same client
+// limits, leader election, verbosity and pprof path, so that a benchmark
+// compares the two schedulers and nothing else. The package's cluster must
+// run none of its own (WithoutStockScheduler).
+func StartStockScheduler(t testing.TB, env *ClusterEnv) *Process {
+	t.Helper()
+	requireMain(t)
+	if !state.opts.noStockScheduler {
+		t.Fatal("framework: StartStockScheduler needs framework.Main(m, framework.WithoutStockScheduler()): the cluster runs one already")
+	}
+	cfg := map[string]any{
+		"apiVersion":       "kubescheduler.config.k8s.io/v1",
+		"kind":             "KubeSchedulerConfiguration",
+		"clientConnection": map[string]any{"kubeconfig": env.Kubeconfig(), "qps": 5000, "burst": 5000},
+		"leaderElection":   map[string]any{"leaderElect": true, "resourceName": "kube-scheduler", "resourceNamespace": "kube-system"},
+	}
+	p := runScheduler(t, "kube-scheduler", env.Tools.KubeScheduler, cfg)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// runScheduler runs a scheduler binary with the configuration cfg on
+// 127.0.0.1 and waits until it is healthy.
+func runScheduler(t testing.TB, name, bin string, cfg map[string]any) *Process {
+	t.Helper()
+	dir, err := os.MkdirTemp(state.dir, name+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,14 +88,14 @@ func startScheduler(t testing.TB, env *ClusterEnv, edit func(map[string]any)) *P
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Process{Name: "berth-scheduler", Health: fmt.Sprintf("https://127.0.0.1:%d", port), Log: filepath.Join(dir, "log")}
+	p := &Process{Name: name, Health: fmt.Sprintf("https://127.0.0.1:%d", port), Log: filepath.Join(dir, "log")}
 	// pprof is open, on 127.0.0.1 only, so benchmarks can profile the
 	// scheduler (Process.Profile).
 	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
 		"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/debug/pprof/*"})
 	if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
 		p.Stop()
-		t.Fatalf("berth-scheduler not healthy: %v\n%s", err, p.Tail(40))
+		t.Fatalf("%s not healthy: %v\n%s", name, err, p.Tail(40))
 	}
 	return p
 }

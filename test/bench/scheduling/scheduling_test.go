@@ -29,20 +29,24 @@ const (
 	berth = "berth-scheduler"
 )
 
-// env is the package's cluster with berth-scheduler running beside the
-// stock kube-scheduler. No webhook runs: each Pod is created as berth's
-// webhook writes it (see admitted), keeping its schedulerName, so both
-// schedulers get the same Pods and admission adds no load.
-func setup(b *testing.B) (*framework.ClusterEnv, client.Client, *framework.Process) {
+// setup returns the package's cluster with berth-scheduler and the stock
+// kube-scheduler running beside it, by schedulerName. No webhook runs: each
+// Pod is created as berth's webhook writes it (see admitted), keeping its
+// schedulerName, so both schedulers get the same Pods and admission adds no
+// load.
+func setup(b *testing.B) (*framework.ClusterEnv, client.Client, map[string]*framework.Process) {
 	env := framework.Cluster(b)
-	sched := framework.StartScheduler(b, env, nil)
+	scheds := map[string]*framework.Process{
+		stock: framework.StartStockScheduler(b, env),
+		berth: framework.StartScheduler(b, env, nil),
+	}
 	cfg := *env.Config
 	cfg.QPS, cfg.Burst = 5000, 5000
 	c, err := client.New(&cfg, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return env, c, sched
+	return env, c, scheds
 }
 
 // A mix is one load of BenchmarkSchedulingThroughput: n Pods, the i-th
@@ -86,19 +90,23 @@ var mixes = []mix{
 // each scheduler process spent per Pod in its rounds, which separates the
 // scheduler's own cost from the rest of the machine's.
 //
-// With BERTH_BENCH_CPUPROFILE=DIR it also writes a CPU profile of
-// berth-scheduler during one more, uncounted round of each mix to
-// DIR/berth-scheduler-MIX.pprof (read it with go tool pprof -top).
+// With BERTH_BENCH_CPUPROFILE=DIR it also writes a CPU profile of each
+// scheduler during one more, uncounted round of each mix to
+// DIR/kube-scheduler-MIX.pprof and DIR/berth-scheduler-MIX.pprof (read them
+// with go tool pprof -top).
 func BenchmarkSchedulingThroughput(b *testing.B) {
-	env, c, sched := setup(b)
+	env, c, scheds := setup(b)
 	org := testutil.Org("throughput").Obj()
 	env.Create(b, org)
-	stockPID, err := env.Cluster.PID("kube-scheduler")
-	if err != nil {
-		b.Fatal(err)
+	// A scheduler's first round after its start also pays for filling its
+	// caches and growing its heap: one uncounted round of the first mix
+	// for each, so that round 0 compares warm schedulers.
+	for _, name := range []string{stock, berth} {
+		ns := env.Namespace(b, org.Name)
+		b.Logf("warm-up round %s %6.0f pods/s", name, throughput(b, c, org, ns, name, mixes[0]))
+		cleanup(b, c, ns)
 	}
-	pids := map[string]int{stock: stockPID, berth: sched.PID()}
-	const rounds = 3
+	const rounds = 5
 	for _, m := range mixes {
 		b.Run(m.name, func(b *testing.B) {
 			rates, cpu := map[string][]float64{}, map[string][]float64{}
@@ -111,9 +119,9 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 				round := map[string]float64{}
 				for _, name := range order {
 					ns := env.Namespace(b, org.Name)
-					before := cpuSeconds(b, pids[name])
+					before := cpuSeconds(b, scheds[name].PID())
 					rate := throughput(b, c, org, ns, name, m)
-					ms := 1000 * (cpuSeconds(b, pids[name]) - before) / float64(m.n)
+					ms := 1000 * (cpuSeconds(b, scheds[name].PID()) - before) / float64(m.n)
 					round[name] = rate
 					rates[name] = append(rates[name], rate)
 					cpu[name] = append(cpu[name], ms)
@@ -122,13 +130,15 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 				}
 				ratios = append(ratios, round[berth]/round[stock])
 			}
-			if done := profile(b, sched, m.name); done != nil {
-				// One more berth round, not counted: the profiler's cost
-				// stays out of the ratios.
-				ns := env.Namespace(b, org.Name)
-				b.Logf("%s profiled round %s %6.0f pods/s", m.name, berth, throughput(b, c, org, ns, berth, m))
-				<-done
-				cleanup(b, c, ns)
+			for _, name := range []string{stock, berth} {
+				if done := profile(b, scheds[name], m.name); done != nil {
+					// One more round of each, not counted: the profiler's
+					// cost stays out of the ratios.
+					ns := env.Namespace(b, org.Name)
+					b.Logf("%s profiled round %s %6.0f pods/s", m.name, name, throughput(b, c, org, ns, name, m))
+					<-done
+					cleanup(b, c, ns)
+				}
 			}
 			s, bt, ratio := framework.Median(rates[stock]), framework.Median(rates[berth]), framework.Median(ratios)
 			b.ReportMetric(s, "pods/s-stock")
@@ -196,10 +206,10 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	return (utime + stime) / 100
 }
 
-// profile fetches a 15-second CPU profile of berth-scheduler into
-// $BERTH_BENCH_CPUPROFILE, when that is set; the returned channel closes
-// when it is written.
-func profile(b *testing.B, sched *framework.Process, name string) chan struct{} {
+// profile fetches a 15-second CPU profile of the scheduler into
+// $BERTH_BENCH_CPUPROFILE/SCHEDULER-MIX.pprof, when that is set; the
+// returned channel closes when it is written.
+func profile(b *testing.B, sched *framework.Process, mix string) chan struct{} {
 	dir := os.Getenv("BERTH_BENCH_CPUPROFILE")
 	if dir == "" {
 		return nil
@@ -207,9 +217,9 @@ func profile(b *testing.B, sched *framework.Process, name string) chan struct{} 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		path := filepath.Join(dir, "berth-scheduler-"+name+".pprof")
+		path := filepath.Join(dir, sched.Name+"-"+mix+".pprof")
 		if err := sched.Profile(b.Context(), 15*time.Second, path); err != nil {
-			b.Errorf("profile berth-scheduler: %v", err)
+			b.Errorf("profile %s: %v", sched.Name, err)
 			return
 		}
 		b.Logf("wrote %s", path)
