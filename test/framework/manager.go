@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,7 +191,7 @@ func (p *Process) Tail(n int) string {
 // MetricValue sums a counter or gauge of the process's /metrics over all
 // label sets that contain every one of the given label pairs ("k=\"v\"").
 func (p *Process) MetricValue(name string, labels ...string) (float64, error) {
-	resp, err := http.Get(p.Metrics + "/metrics")
+	resp, err := localHTTP.Get(p.Metrics + "/metrics")
 	if err != nil {
 		return 0, err
 	}

@@ -88,17 +88,23 @@ func runScheduler(t testing.TB, name, bin string, cfg map[string]any) *Process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Process{Name: name, Health: fmt.Sprintf("https://127.0.0.1:%d", port), Log: filepath.Join(dir, "log")}
-	// pprof is open, on 127.0.0.1 only, so benchmarks can profile the
-	// scheduler (Process.Profile).
+	base := fmt.Sprintf("https://127.0.0.1:%d", port)
+	p := &Process{Name: name, Health: base, Metrics: base, Log: filepath.Join(dir, "log")}
+	// pprof and metrics are open, on 127.0.0.1 only, so benchmarks can
+	// profile the scheduler (Process.Profile) and read its counters
+	// (Process.MetricValue).
 	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
-		"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/debug/pprof/*"})
+		"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/metrics,/debug/pprof/*"})
 	if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
 		p.Stop()
 		t.Fatalf("%s not healthy: %v\n%s", name, err, p.Tail(40))
 	}
 	return p
 }
+
+// localHTTP reaches the test processes' servers on 127.0.0.1, whose
+// serving certificates are self-signed.
+var localHTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // test processes on 127.0.0.1
 
 // StartPackageScheduler is StartScheduler for a scheduler the package's
 // tests share: it is stopped at the package's teardown.
@@ -119,8 +125,7 @@ func (p *Process) Profile(ctx context.Context, d time.Duration, path string) err
 	if err != nil {
 		return err
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a test process's self-signed serving cert on 127.0.0.1
-	resp, err := hc.Do(req)
+	resp, err := localHTTP.Do(req)
 	if err != nil {
 		return err
 	}

@@ -109,7 +109,7 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 	const rounds = 5
 	for _, m := range mixes {
 		b.Run(m.name, func(b *testing.B) {
-			rates, cpu := map[string][]float64{}, map[string][]float64{}
+			rates, cpu, failed := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 			var ratios []float64
 			for r := range rounds * b.N {
 				order := []string{stock, berth}
@@ -119,13 +119,15 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 				round := map[string]float64{}
 				for _, name := range order {
 					ns := env.Namespace(b, org.Name)
-					before := cpuSeconds(b, scheds[name].PID())
+					before, failedBefore := cpuSeconds(b, scheds[name].PID()), failedAttempts(b, scheds[name])
 					rate := throughput(b, c, org, ns, name, m)
 					ms := 1000 * (cpuSeconds(b, scheds[name].PID()) - before) / float64(m.n)
+					fails := failedAttempts(b, scheds[name]) - failedBefore
 					round[name] = rate
 					rates[name] = append(rates[name], rate)
 					cpu[name] = append(cpu[name], ms)
-					b.Logf("%s round %d %-18s %6.0f pods/s, %5.2f ms of scheduler CPU a Pod", m.name, r, name, rate, ms)
+					failed[name] = append(failed[name], fails)
+					b.Logf("%s round %d %-18s %6.0f pods/s, %5.2f ms of scheduler CPU a Pod, %.0f failed attempts", m.name, r, name, rate, ms, fails)
 					cleanup(b, c, ns)
 				}
 				ratios = append(ratios, round[berth]/round[stock])
@@ -146,6 +148,8 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 			b.ReportMetric(ratio, "ratio")
 			b.ReportMetric(framework.Median(cpu[stock]), "cpu-ms/pod-stock")
 			b.ReportMetric(framework.Median(cpu[berth]), "cpu-ms/pod-berth")
+			b.ReportMetric(framework.Median(failed[stock]), "failed-attempts-stock")
+			b.ReportMetric(framework.Median(failed[berth]), "failed-attempts-berth")
 			b.Logf("%s: %d Pods on %d nodes: stock median %.0f pods/s, berth-scheduler median %.0f pods/s, median of round ratios %.2f %v (target >= 1.0); scheduler CPU a Pod, medians: stock %.2f ms, berth %.2f ms",
 				m.name, m.n, nodeCount(b, c), s, bt, ratio, ratios, framework.Median(cpu[stock]), framework.Median(cpu[berth]))
 		})
@@ -190,6 +194,21 @@ func throughput(b *testing.B, c client.Client, org *berthv1alpha1.Organization, 
 	}
 	<-done
 	return float64(m.n-firstCount) / last.Sub(first).Seconds()
+}
+
+// failedAttempts is how many scheduling attempts of the scheduler so far
+// ended unschedulable or in an error: each costs a status write, an event
+// and a backoff, so a lower rate at the same CPU a Pod may show here.
+func failedAttempts(b *testing.B, sched *framework.Process) float64 {
+	var sum float64
+	for _, result := range []string{"unschedulable", "error"} {
+		v, err := sched.MetricValue("scheduler_schedule_attempts_total", fmt.Sprintf("result=%q", result))
+		if err != nil {
+			b.Fatalf("%s metrics: %v", sched.Name, err)
+		}
+		sum += v
+	}
+	return sum
 }
 
 // cpuSeconds is the CPU time, user and system, process pid has used.
