@@ -62,7 +62,7 @@ const (
 	// workers reconcile different workspaces at once: a burst of wakes
 	// (a team's morning) is a status write and a Pod create each, and
 	// waiting on the API server one at a time would queue them.
-	workers = 16
+	workers = 64
 
 	// quietStart is how long a start may take before its status says
 	// what it waits for: a burst of wakes writes no more than it must.
@@ -395,8 +395,16 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		}
 		return ctrl.Result{}, r.adopt(ctx, strays[0])
 	case ws.Spec.Started:
-		if err := r.needFresh(); err != nil {
-			return ctrl.Result{}, err
+		// A clean wake needs no fresh read. Its Pod is named by the
+		// generation, so a create from a stale cache either meets that Pod
+		// (AlreadyExists) or makes one that the next pass, on the newer
+		// state, deletes as a duplicate or stops: what a stop landing just
+		// after a fresh read would bring anyway. A start with a Pod named
+		// in its status (a recovery, a refused start) reads it fresh.
+		if !cleanWake {
+			if err := r.needFresh(); err != nil {
+				return ctrl.Result{}, err
+			}
 		}
 		return r.start(ctx)
 	default:

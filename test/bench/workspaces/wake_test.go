@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -134,10 +135,11 @@ func wakeRound(b *testing.B, c client.WithWatch, ns string, names []string) []ti
 	b.Helper()
 	seen := watchRunning(b, c, ns, func(p *corev1.Pod) string { return p.Labels[berthv1alpha1.LabelWorkspace] })
 	sent := make([]time.Time, len(names))
-	setAll(b, c, ns, names, true, sent)
-	out := collect(b, seen, names, sent)
+	patched := setAll(b, c, ns, names, true, sent)
+	logf("  the patches returned after p50 %s, p95 %s", ms(framework.Percentile(patched, 50)), ms(framework.Percentile(patched, 95)))
+	out := collect(b, ns, seen, names, sent)
 	setAll(b, c, ns, names, false, nil)
-	waitNoPods(b, c, ns)
+	waitStopped(b, c, ns)
 	return out
 }
 
@@ -171,7 +173,7 @@ func plainRound(b *testing.B, c client.WithWatch, ns string, names []string, hol
 		})
 	}
 	wg.Wait()
-	out := collect(b, seen, names, sent)
+	out := collect(b, ns, seen, names, sent)
 	if err := c.DeleteAllOf(b.Context(), &corev1.Pod{}, client.InNamespace(ns), client.MatchingLabels{berthv1alpha1.LabelClass: string(berthv1alpha1.ClassWorkspace)}); err != nil {
 		b.Fatal(err)
 	}
@@ -180,30 +182,40 @@ func plainRound(b *testing.B, c client.WithWatch, ns string, names []string, hol
 }
 
 // setAll sets spec.started on every workspace at once, recording when each
-// patch was sent.
-func setAll(b *testing.B, c client.Client, ns string, names []string, started bool, sent []time.Time) {
+// patch was sent, and returns how long each patch took.
+func setAll(b *testing.B, c client.Client, ns string, names []string, started bool, sent []time.Time) []time.Duration {
 	b.Helper()
+	took := make([]time.Duration, len(names))
 	var wg sync.WaitGroup
 	for i, name := range names {
 		wg.Go(func() {
 			ws := &berthv1alpha1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 			body := fmt.Appendf(nil, `{"spec":{"started":%t}}`, started)
+			start := time.Now()
 			if sent != nil {
-				sent[i] = time.Now()
+				sent[i] = start
 			}
 			if err := c.Patch(b.Context(), ws, client.RawPatch("application/merge-patch+json", body)); err != nil {
 				b.Errorf("set started=%t on %s: %v", started, name, err)
 			}
+			took[i] = time.Since(start)
 		})
 	}
 	wg.Wait()
+	return took
 }
 
 // watchRunning watches the namespace's Pods and sends, once per key, the
 // time a Pod with that key (from key; "" skips it) was first seen Running.
+// The watch resumes where it was when the API server closes it: a busy
+// API server may, and a round would then wait on events it never gets.
 func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.Pod) string) <-chan seenAt {
 	b.Helper()
-	w, err := c.Watch(b.Context(), &corev1.PodList{}, client.InNamespace(ns))
+	var list corev1.PodList
+	if err := c.List(b.Context(), &list, client.InNamespace(ns)); err != nil {
+		b.Fatal(err)
+	}
+	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), list.ResourceVersion, podWatcher{c, ns})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -237,6 +249,16 @@ func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.
 	return out
 }
 
+// podWatcher watches a namespace's Pods for a RetryWatcher.
+type podWatcher struct {
+	c  client.WithWatch
+	ns string
+}
+
+func (p podWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return p.c.Watch(ctx, &corev1.PodList{}, client.InNamespace(p.ns), &client.ListOptions{Raw: &opts})
+}
+
 // seenAt is when the Pod of key was first seen, or first seen Running.
 type seenAt struct {
 	key     string
@@ -244,7 +266,7 @@ type seenAt struct {
 	running bool
 }
 
-func collect(b *testing.B, seen <-chan seenAt, names []string, sent []time.Time) []time.Duration {
+func collect(b *testing.B, ns string, seen <-chan seenAt, names []string, sent []time.Time) []time.Duration {
 	b.Helper()
 	index := map[string]int{}
 	for i, n := range names {
@@ -262,11 +284,55 @@ func collect(b *testing.B, seen <-chan seenAt, names []string, sent []time.Time)
 			}
 			out = append(out, s.at.Sub(sent[index[s.key]]))
 		case <-timeout:
-			b.Fatalf("only %d of %d Pods running after 3 minutes; berth-manager's log ends:\n%s", len(out), len(names), bench.manager.Tail(40))
+			b.Fatalf("only %d of %d Pods running after 3 minutes; %s; berth-manager's log ends:\n%s", len(out), len(names), describe(b, ns), bench.manager.Tail(40))
 		}
 	}
 	logf("  the Pods seen created after p50 %s, p95 %s", ms(framework.Percentile(created, 50)), ms(framework.Percentile(created, 95)))
 	return out
+}
+
+// describe counts the namespace's Pods by phase and lists the Workspaces'
+// status messages, for a round that did not finish.
+func describe(b *testing.B, ns string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var pods corev1.PodList
+	var list berthv1alpha1.WorkspaceList
+	if err := bench.c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		return err.Error()
+	}
+	if err := bench.c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return err.Error()
+	}
+	phases, messages := map[string]int{}, map[string]int{}
+	for _, p := range pods.Items {
+		phases[fmt.Sprintf("%s on %q", p.Status.Phase, p.Spec.NodeName)]++
+	}
+	for _, ws := range list.Items {
+		messages[fmt.Sprintf("started=%t phase=%s %q", ws.Spec.Started, ws.Status.Phase, ws.Status.Message)]++
+	}
+	return fmt.Sprintf("Pods by phase: %v; Workspaces: %v", phases, messages)
+}
+
+// waitStopped waits until the namespace has no Pods and berth-manager has
+// written every Workspace's stop, so that the next round is not timed
+// against the last one's writes.
+func waitStopped(b *testing.B, c client.Client, ns string) {
+	b.Helper()
+	waitNoPods(b, c, ns)
+	err := wait.PollUntilContextTimeout(b.Context(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var list berthv1alpha1.WorkspaceList
+		err := c.List(ctx, &list, client.InNamespace(ns))
+		for _, ws := range list.Items {
+			if ws.Status.Phase != berthv1alpha1.WorkspaceStopped {
+				return false, err
+			}
+		}
+		return true, err
+	})
+	if err != nil {
+		b.Fatalf("Workspaces of %s not all Stopped: %v; %s", ns, err, describe(b, ns))
+	}
 }
 
 func waitNoPods(b *testing.B, c client.Client, ns string) {
@@ -316,7 +382,7 @@ func BenchmarkSpotLoss(b *testing.B) {
 			return p.Labels[berthv1alpha1.LabelWorkspace]
 		})
 		setAll(b, c, ns, names, true, make([]time.Time, len(names)))
-		collect(b, seen, names, make([]time.Time, len(names)))
+		collect(b, ns, seen, names, make([]time.Time, len(names)))
 		uncordon()
 
 		seen = watchRunning(b, c, ns, func(p *corev1.Pod) string {
@@ -333,13 +399,13 @@ func BenchmarkSpotLoss(b *testing.B) {
 		for i := range sent {
 			sent[i] = start
 		}
-		back := collect(b, seen, names, sent)
+		back := collect(b, ns, seen, names, sent)
 		logf("round %d: %d workspaces of a deleted node running again: p50 %s p95 %s max %s", r+1, len(names),
 			ms(framework.Percentile(back, 50)), ms(framework.Percentile(back, 95)), ms(framework.Percentile(back, 100)))
 		p95s = append(p95s, framework.Percentile(back, 95).Seconds())
 		maxes = append(maxes, framework.Percentile(back, 100).Seconds())
 		setAll(b, c, ns, names, false, nil)
-		waitNoPods(b, c, ns)
+		waitStopped(b, c, ns)
 	}
 	logf("median over %d rounds: p95 %.2fs, max %.2fs", len(p95s), framework.Median(p95s), framework.Median(maxes))
 	b.ReportMetric(framework.Median(p95s), "recover-p95-s")
