@@ -130,21 +130,10 @@ func NewController(c client.Client, reader client.Reader, recorder events.EventR
 func (c *Controller) Register(mgr ctrl.Manager) error {
 	ctx := context.Background()
 	idx := mgr.GetFieldIndexer()
-	if err := idx.IndexField(ctx, &corev1.Pod{}, indexWorkspace, func(o client.Object) []string {
-		if ws := workspaceOf(o.(*corev1.Pod)); ws != "" {
-			return []string{ws}
-		}
-		return nil
-	}); err != nil {
+	if err := idx.IndexField(ctx, &corev1.Pod{}, indexWorkspace, podWorkspace); err != nil {
 		return err
 	}
-	if err := idx.IndexField(ctx, &corev1.Pod{}, indexNode, func(o client.Object) []string {
-		pod := o.(*corev1.Pod)
-		if workspaceOf(pod) == "" || pod.Spec.NodeName == "" {
-			return nil
-		}
-		return []string{pod.Spec.NodeName}
-	}); err != nil {
+	if err := idx.IndexField(ctx, &corev1.Pod{}, indexNode, podNode); err != nil {
 		return err
 	}
 	workspacePods := predicate.NewPredicateFuncs(func(o client.Object) bool {
@@ -162,6 +151,23 @@ func (c *Controller) Register(mgr ctrl.Manager) error {
 		Watches(&berthv1alpha1.Organization{}, handler.EnqueueRequestsFromMapFunc(c.orgWorkspaces),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(c)
+}
+
+// podWorkspace is the indexWorkspace of a Pod.
+func podWorkspace(o client.Object) []string {
+	if ws := workspaceOf(o.(*corev1.Pod)); ws != "" {
+		return []string{ws}
+	}
+	return nil
+}
+
+// podNode is the indexNode of a Pod.
+func podNode(o client.Object) []string {
+	pod := o.(*corev1.Pod)
+	if workspaceOf(pod) == "" || pod.Spec.NodeName == "" {
+		return nil
+	}
+	return []string{pod.Spec.NodeName}
 }
 
 // orgWorkspaces maps an Organization to its Workspaces.

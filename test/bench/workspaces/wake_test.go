@@ -133,7 +133,7 @@ func stoppedWorkspace(ns, name string) *berthv1alpha1.Workspace {
 // Pods are gone.
 func wakeRound(b *testing.B, c client.WithWatch, ns string, names []string) []time.Duration {
 	b.Helper()
-	seen := watchRunning(b, c, ns, func(p *corev1.Pod) string { return p.Labels[berthv1alpha1.LabelWorkspace] })
+	seen := watchRunning(b, c, ns, len(names), func(p *corev1.Pod) string { return p.Labels[berthv1alpha1.LabelWorkspace] })
 	sent := make([]time.Time, len(names))
 	patched := setAll(b, c, ns, names, true, sent)
 	logf("  the patches returned after p50 %s, p95 %s", ms(framework.Percentile(patched, 50)), ms(framework.Percentile(patched, 95)))
@@ -147,7 +147,7 @@ func wakeRound(b *testing.B, c client.WithWatch, ns string, names []string) []ti
 // each one's time from its create to Running, then deletes them.
 func plainRound(b *testing.B, c client.WithWatch, ns string, names []string, holder *corev1.ConfigMap) []time.Duration {
 	b.Helper()
-	seen := watchRunning(b, c, ns, func(p *corev1.Pod) string {
+	seen := watchRunning(b, c, ns, len(names), func(p *corev1.Pod) string {
 		if metav1.IsControlledBy(p, holder) {
 			return p.Name
 		}
@@ -206,10 +206,11 @@ func setAll(b *testing.B, c client.Client, ns string, names []string, started bo
 }
 
 // watchRunning watches the namespace's Pods and sends, once per key, the
-// time a Pod with that key (from key; "" skips it) was first seen Running.
+// times a Pod with that key (from key; "" skips it) was first seen and
+// first seen Running, until n keys have run.
 // The watch resumes where it was when the API server closes it: a busy
 // API server may, and a round would then wait on events it never gets.
-func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.Pod) string) <-chan seenAt {
+func watchRunning(b *testing.B, c client.WithWatch, ns string, n int, key func(*corev1.Pod) string) <-chan seenAt {
 	b.Helper()
 	var list corev1.PodList
 	if err := c.List(b.Context(), &list, client.InNamespace(ns)); err != nil {
@@ -219,7 +220,7 @@ func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.
 	if err != nil {
 		b.Fatal(err)
 	}
-	out := make(chan seenAt, 4*concurrent)
+	out := make(chan seenAt, 2*n)
 	go func() {
 		defer w.Stop()
 		created, done := map[string]bool{}, map[string]bool{}
@@ -241,7 +242,7 @@ func watchRunning(b *testing.B, c client.WithWatch, ns string, key func(*corev1.
 			}
 			done[k] = true
 			out <- seenAt{k, time.Now(), true}
-			if len(done) == concurrent {
+			if len(done) == n {
 				return
 			}
 		}
@@ -375,17 +376,18 @@ func BenchmarkSpotLoss(b *testing.B) {
 			b.Fatal(err)
 		}
 		uncordon := cordonAllBut(b, c, doomed.Name)
-		seen := watchRunning(b, c, ns, func(p *corev1.Pod) string {
+		seen := watchRunning(b, c, ns, len(names), func(p *corev1.Pod) string {
 			if p.Spec.NodeName != doomed.Name {
 				return ""
 			}
 			return p.Labels[berthv1alpha1.LabelWorkspace]
 		})
-		setAll(b, c, ns, names, true, make([]time.Time, len(names)))
-		collect(b, ns, seen, names, make([]time.Time, len(names)))
+		filled := make([]time.Time, len(names))
+		setAll(b, c, ns, names, true, filled)
+		collect(b, ns, seen, names, filled)
 		uncordon()
 
-		seen = watchRunning(b, c, ns, func(p *corev1.Pod) string {
+		seen = watchRunning(b, c, ns, len(names), func(p *corev1.Pod) string {
 			if p.Spec.NodeName == doomed.Name {
 				return ""
 			}

@@ -1,0 +1,90 @@
+package workspaces
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
+	"berth.dev/berth/pkg/testutil"
+)
+
+// A wake of a stopped workspace acts on the cache without a fresh read. When
+// the cache lags behind the API server, the Pod it creates must not stay:
+// the next pass, on the newer state, stops it or keeps exactly one.
+func TestWakeFromStaleCacheConverges(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// now is the Workspace as the API server has it, while the cache
+		// still has it woken at generation 2.
+		now         func(ws *berthv1alpha1.Workspace)
+		wantRunning int
+	}{
+		{"stopped since", func(ws *berthv1alpha1.Workspace) { ws.Generation, ws.Spec.Started = 3, false }, 0},
+		{"stopped and woken again since", func(ws *berthv1alpha1.Workspace) { ws.Generation = 4 }, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			s := runtime.NewScheme()
+			require.NoError(t, clientgoscheme.AddToScheme(s))
+			require.NoError(t, berthv1alpha1.AddToScheme(s))
+			pod := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+			stale := &berthv1alpha1.Workspace{
+				ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 2},
+				Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: pod.Labels}, Spec: pod.Spec,
+				}},
+			}
+			fresh := stale.DeepCopy()
+			tc.now(fresh)
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
+			org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
+			build := func(ws *berthv1alpha1.Workspace) client.Client {
+				return fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, ws).
+					WithStatusSubresource(&berthv1alpha1.Workspace{}).
+					WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).Build()
+			}
+			// cache is what berth-manager's informers have, and where its
+			// writes land; api is the API server, for fresh reads.
+			cache, api := build(stale.DeepCopy()), build(fresh.DeepCopy())
+			c := NewController(cache, api, events.NewFakeRecorder(10), clocktesting.NewFakeClock(time.Now()), Options{})
+			req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "team", Name: "ide"}}
+
+			_, err := c.Reconcile(ctx, req)
+			require.NoError(t, err)
+			var pods corev1.PodList
+			require.NoError(t, cache.List(ctx, &pods))
+			require.Len(t, pods.Items, 1, "the wake on the stale cache creates its Pod")
+			require.Equal(t, startName(stale), pods.Items[0].Name)
+
+			// The cache catches up with the API server.
+			var cached berthv1alpha1.Workspace
+			require.NoError(t, cache.Get(ctx, req.NamespacedName, &cached))
+			cached.Generation, cached.Spec = fresh.Generation, fresh.Spec
+			require.NoError(t, cache.Update(ctx, &cached))
+			for range 3 {
+				_, err = c.Reconcile(ctx, req)
+				require.NoError(t, err)
+			}
+			require.NoError(t, cache.List(ctx, &pods))
+			live := 0
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil {
+					live++
+				}
+			}
+			require.Equal(t, tc.wantRunning, live, "Pods left: %v", pods.Items)
+		})
+	}
+}
