@@ -405,8 +405,8 @@ func (r *run) reconcile(ctx context.Context, all []corev1.Pod) (ctrl.Result, err
 		// generation, so a create from a stale cache either meets that Pod
 		// (AlreadyExists) or makes one that the next pass, on the newer
 		// state, deletes as a duplicate or stops: what a stop landing just
-		// after a fresh read would bring anyway. A start with a Pod named
-		// in its status (a recovery, a refused start) reads it fresh.
+		// after a fresh read would bring anyway. A recovery, whose Lost
+		// status names the Pod to create, reads it fresh.
 		if !cleanWake {
 			if err := r.needFresh(); err != nil {
 				return ctrl.Result{}, err
