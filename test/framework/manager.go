@@ -81,6 +81,27 @@ func StartManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 
 func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 	t.Helper()
+	// A port found free may be taken before berth-manager binds it (by an
+	// outgoing connection, or a test in another package): then it exits
+	// at once, and a start on other ports is tried.
+	for attempt := 1; ; attempt++ {
+		p, err := tryStartManager(t, env, o)
+		if err == nil {
+			return p
+		}
+		tail := p.Tail(40)
+		if attempt < 3 && strings.Contains(tail, "address already in use") {
+			t.Logf("berth-manager could not bind a port; starting it on other ports: %v", err)
+			continue
+		}
+		t.Fatalf("%v\n%s", err, tail)
+	}
+}
+
+// tryStartManager starts berth-manager on ports found free and waits until
+// it is ready; on an error the process is stopped, and its log kept.
+func tryStartManager(t testing.TB, env *ClusterEnv, o ManagerOptions) (*Process, error) {
+	t.Helper()
 	bin := Binary(t, "berth-manager")
 	ports := make([]int, 3)
 	for i := range ports {
@@ -121,13 +142,13 @@ func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 	defer cancel()
 	if err := p.waitHealthy(ctx, p.Health+"/readyz", 90*time.Second); err != nil {
 		p.Stop()
-		t.Fatalf("berth-manager not ready: %v\n%s", err, p.Tail(40))
+		return p, fmt.Errorf("berth-manager not ready: %w", err)
 	}
 	if err := localcluster.WaitWebhookCA(ctx, env.Client, 90*time.Second); err != nil {
 		p.Stop()
-		t.Fatalf("webhook CA not injected: %v\n%s", err, p.Tail(40))
+		return p, fmt.Errorf("webhook CA not injected: %w", err)
 	}
-	return p
+	return p, nil
 }
 
 // start runs bin with args, logging to p.Log; the watchdog kills it if this
