@@ -8,6 +8,7 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -136,8 +137,9 @@ func (a *API) act(ctx context.Context, ns, name, action string, at time.Time) (*
 	return ws, nil
 }
 
-// waitRunning waits until the started workspace runs, or its start is
-// refused after the wake.
+// waitRunning waits until the started workspace's Pod runs, or its start
+// is refused after the wake. It answers from the Pod as soon as it runs:
+// the status records it a moment later (runningSettle).
 func (a *API) waitRunning(ctx context.Context, ws *berthv1alpha1.Workspace, d time.Duration) (*berthv1alpha1.Workspace, error) {
 	since := ws.Generation
 	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, d, true, func(ctx context.Context) (bool, error) {
@@ -147,6 +149,16 @@ func (a *API) waitRunning(ctx context.Context, ws *berthv1alpha1.Workspace, d ti
 		}
 		ws = got
 		if got.Status.Phase == berthv1alpha1.WorkspaceRunning {
+			return true, nil
+		}
+		pod := &corev1.Pod{}
+		err := a.Client.Get(ctx, client.ObjectKey{Namespace: got.Namespace, Name: startName(got)}, pod)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return false, err
+		}
+		if err == nil && got.Spec.Started && OwnedBy(pod, got) && !podGoing(pod) && pod.Status.Phase == corev1.PodRunning {
+			ws = got.DeepCopy()
+			ws.Status.Phase, ws.Status.PodName, ws.Status.NodeName, ws.Status.Message = berthv1alpha1.WorkspaceRunning, pod.Name, pod.Spec.NodeName, ""
 			return true, nil
 		}
 		// berth ends a refused wake by clearing spec.started.

@@ -67,6 +67,16 @@ const (
 	// quietStart is how long a start may take before its status says
 	// what it waits for: a burst of wakes writes no more than it must.
 	quietStart = 3 * time.Second
+	// runningSettle is how long the status of a Pod seen running may wait
+	// while other starts are in flight. A burst of wakes is a Pod create
+	// and a status write each, and on a busy API server the writes slow
+	// the creates still to come: the writes wait, the creates go first.
+	// A lone start is recorded at once. The wake API answers from the
+	// Pod, so no caller waits for the status.
+	runningSettle = time.Second
+	// inFlight is how long after its create a start counts as in flight
+	// for runningSettle, at most.
+	inFlight = 10 * time.Second
 
 	// activityResolution is how far the recorded last activity may lag:
 	// heartbeats closer together than this write no status.
@@ -114,6 +124,11 @@ type Controller struct {
 	// gone holds the last state of the workspace Pods seen deleted, so
 	// that a Pod that went before berth read it is judged by how it went.
 	gone sync.Map // types.UID -> goneRecord
+	// starting holds when berth created each Pod whose status does not
+	// record it Running yet, for inFlight; ran holds when such a Pod was
+	// first seen Running (see runningSettle).
+	starting sync.Map // types.UID -> time.Time
+	ran      sync.Map // types.UID -> time.Time
 }
 
 type goneRecord struct {
@@ -566,8 +581,15 @@ func (r *run) running(ctx context.Context, pod *corev1.Pod) (ctrl.Result, error)
 		// if they take longer.
 		return minResult(result, quietStart-since), nil
 	}
-	if runningNow && ws.Status.Phase != berthv1alpha1.WorkspaceRunning && ws.Status.PodUID != pod.UID {
-		startSeconds.Observe(r.now.Sub(pod.CreationTimestamp.Time).Seconds())
+	recorded := ws.Status.Phase == berthv1alpha1.WorkspaceRunning && ws.Status.PodUID == pod.UID
+	if runningNow && !recorded {
+		first, seen := r.ran.LoadOrStore(pod.UID, r.now)
+		if !seen {
+			startSeconds.Observe(r.now.Sub(pod.CreationTimestamp.Time).Seconds())
+		}
+		if since := r.now.Sub(first.(time.Time)); since < runningSettle && r.othersStarting(pod.UID) {
+			return minResult(result, runningSettle-since), nil
+		}
 	}
 	err = r.writeStatus(ctx, ws, func(s *berthv1alpha1.WorkspaceStatus) {
 		if s.PodUID != pod.UID {
@@ -594,6 +616,8 @@ func (r *run) running(ctx context.Context, pod *corev1.Pod) (ctrl.Result, error)
 	if err != nil || !runningNow {
 		return result, err
 	}
+	r.ran.Delete(pod.UID)
+	r.starting.Delete(pod.UID)
 	timeout := r.org.Spec.IdleTimeoutOrDefault()
 	if timeout <= 0 {
 		return result, nil
@@ -623,6 +647,17 @@ func (r *run) running(ctx context.Context, pod *corev1.Pod) (ctrl.Result, error)
 		"workspace %s/%s stopped for idleness: no activity for %s (idleTimeout %s)", ws.Namespace, ws.Name, idle.Truncate(time.Second), timeout)
 	stops.WithLabelValues(string(berthv1alpha1.StoppedIdle)).Inc()
 	return result, r.setStarted(ctx, false, berthv1alpha1.StoppedIdle)
+}
+
+// othersStarting reports whether starts other than the Pod uid's are in
+// flight.
+func (c *Controller) othersStarting(uid types.UID) bool {
+	others := false
+	c.starting.Range(func(k, _ any) bool {
+		others = k.(types.UID) != uid
+		return !others
+	})
+	return others
 }
 
 // cpuUse is what metrics.k8s.io says of a Pod's CPU use.
@@ -705,9 +740,11 @@ func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 	if name == "" || ws.Status.PodUID != "" {
 		name = startName(ws)
 	}
-	err := r.client.Create(ctx, PodFor(ws, name))
+	pod := PodFor(ws, name)
+	err := r.client.Create(ctx, pod)
 	if err == nil || apierrors.IsAlreadyExists(err) {
 		if err == nil {
+			r.starting.Store(pod.UID, r.now)
 			starts.WithLabelValues(trigger).Inc()
 			reason := berthv1alpha1.AuditWorkspaceWoken
 			if trigger == "recover" {
@@ -946,12 +983,26 @@ func setCondition(s *berthv1alpha1.WorkspaceStatus, typ string, status metav1.Co
 	meta.SetStatusCondition(&s.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg})
 }
 
-// forgetOld drops deleted Pods seen long ago.
+// forgetOld drops deleted Pods seen long ago, Pods seen running long ago
+// that went before their status recorded them, and starts no longer in
+// flight.
 func (c *Controller) forgetOld() {
 	now := c.clock.Now()
 	c.gone.Range(func(k, v any) bool {
 		if now.Sub(v.(goneRecord).at) > 10*time.Minute {
 			c.gone.Delete(k)
+		}
+		return true
+	})
+	c.ran.Range(func(k, v any) bool {
+		if now.Sub(v.(time.Time)) > 10*time.Minute {
+			c.ran.Delete(k)
+		}
+		return true
+	})
+	c.starting.Range(func(k, v any) bool {
+		if now.Sub(v.(time.Time)) > inFlight {
+			c.starting.Delete(k)
 		}
 		return true
 	})

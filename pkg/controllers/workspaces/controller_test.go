@@ -88,3 +88,74 @@ func TestWakeFromStaleCacheConverges(t *testing.T) {
 		})
 	}
 }
+
+// A lone start's status records its Pod Running at once. While other
+// starts are in flight, it waits until berth-manager has seen the Pod run
+// for runningSettle: a burst of wakes' status writes would slow the creates
+// still to come.
+func TestRunningStatusSettles(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		others bool
+	}{{"alone", false}, {"in a burst", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			s := runtime.NewScheme()
+			require.NoError(t, clientgoscheme.AddToScheme(s))
+			require.NoError(t, berthv1alpha1.AddToScheme(s))
+			tmpl := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+			ws := &berthv1alpha1.Workspace{
+				ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 2},
+				Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: tmpl.Labels}, Spec: tmpl.Spec,
+				}},
+				Status: berthv1alpha1.WorkspaceStatus{Phase: berthv1alpha1.WorkspaceStopped},
+			}
+			pod := PodFor(ws, startName(ws))
+			pod.UID, pod.Spec.NodeName, pod.Status.Phase = "pod-uid", "node-1", corev1.PodRunning
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
+			org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+			cl := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, node, ws, pod).
+				WithStatusSubresource(&berthv1alpha1.Workspace{}).
+				WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).Build()
+			clk := clocktesting.NewFakeClock(time.Now())
+			c := NewController(cl, cl, events.NewFakeRecorder(10), clk, Options{})
+			c.starting.Store(pod.UID, clk.Now())
+			if tc.others {
+				c.starting.Store(types.UID("other-uid"), clk.Now())
+			}
+			req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ws)}
+			phase := func() berthv1alpha1.WorkspacePhase {
+				got := &berthv1alpha1.Workspace{}
+				require.NoError(t, cl.Get(ctx, req.NamespacedName, got))
+				return got.Status.Phase
+			}
+
+			res, err := c.Reconcile(ctx, req)
+			require.NoError(t, err)
+			if tc.others {
+				require.Equal(t, berthv1alpha1.WorkspaceStopped, phase(), "a Pod just seen running is not recorded yet")
+				require.Equal(t, runningSettle, res.RequeueAfter, "it is looked at again once it has settled")
+
+				clk.Step(runningSettle / 2)
+				res, err = c.Reconcile(ctx, req)
+				require.NoError(t, err)
+				require.Equal(t, berthv1alpha1.WorkspaceStopped, phase(), "another event does not restart the wait, nor end it")
+				require.Equal(t, runningSettle/2, res.RequeueAfter)
+
+				clk.Step(runningSettle / 2)
+				_, err = c.Reconcile(ctx, req)
+				require.NoError(t, err)
+			}
+			require.Equal(t, berthv1alpha1.WorkspaceRunning, phase())
+			_, ran := c.ran.Load(pod.UID)
+			_, starting := c.starting.Load(pod.UID)
+			require.False(t, ran || starting, "a recorded Pod is forgotten")
+
+			clk.Step(inFlight)
+			c.forgetOld()
+			require.False(t, c.othersStarting(pod.UID), "a start is in flight for a while at most")
+		})
+	}
+}
