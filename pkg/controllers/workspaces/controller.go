@@ -728,7 +728,8 @@ func (r *run) start(ctx context.Context) (ctrl.Result, error) {
 		trigger = "recover"
 	}
 	if ws.Annotations[berthv1alpha1.AnnotationStopReason] != "" {
-		// The last stop's reason is spent.
+		// The last stop's reason is spent: a wake came before the stop
+		// removed it.
 		if err := r.setStarted(ctx, true, ""); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -824,7 +825,7 @@ func (r *run) stop(ctx context.Context, live []*corev1.Pod, going bool) error {
 	if berthv1alpha1.StopReason(ws.Annotations[berthv1alpha1.AnnotationStopReason]) == berthv1alpha1.StoppedIdle {
 		why = berthv1alpha1.StoppedIdle
 	}
-	return r.writeStatus(ctx, ws, func(s *berthv1alpha1.WorkspaceStatus) {
+	err := r.writeStatus(ctx, ws, func(s *berthv1alpha1.WorkspaceStatus) {
 		if s.Phase != berthv1alpha1.WorkspaceStopping && s.Phase != berthv1alpha1.WorkspaceStopped {
 			s.StoppedAt = &metav1.Time{Time: r.now}
 			s.StoppedBy = why
@@ -839,6 +840,18 @@ func (r *run) stop(ctx context.Context, live []*corev1.Pod, going bool) error {
 		}
 		setCondition(s, conditionReady, metav1.ConditionFalse, "Stopped", fmt.Sprintf("stopped (%s); set spec.started=true to start it", s.StoppedBy))
 	})
+	if err != nil || ws.Annotations[berthv1alpha1.AnnotationStopReason] == "" {
+		return err
+	}
+	// The status holds the stop's reason now. Spending it here, and not
+	// on the next wake, keeps that write off the wake's path: a wake by a
+	// patch of spec.started finds nothing to clear.
+	patch := client.MergeFromWithOptions(ws.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	delete(ws.Annotations, berthv1alpha1.AnnotationStopReason)
+	if err := r.client.Patch(ctx, ws, patch); err != nil {
+		return fmt.Errorf("remove the stop's reason from Workspace %s/%s: %w", ws.Namespace, ws.Name, err)
+	}
+	return nil
 }
 
 // keepClaims makes the Workspace an owner of the claims its Pod mounts,

@@ -1,6 +1,7 @@
 package workspaces
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/testutil"
@@ -158,4 +160,61 @@ func TestRunningStatusSettles(t *testing.T) {
 			require.False(t, c.othersStarting(pod.UID), "a start is in flight for a while at most")
 		})
 	}
+}
+
+// An idle stop's reason is spent by the stop, once the status records it,
+// so that the next wake writes nothing before it creates the Pod.
+func TestStopSpendsItsReason(t *testing.T) {
+	ctx := t.Context()
+	s := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(s))
+	require.NoError(t, berthv1alpha1.AddToScheme(s))
+	tmpl := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+	ws := &berthv1alpha1.Workspace{
+		ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 3,
+			Annotations: map[string]string{berthv1alpha1.AnnotationStopReason: string(berthv1alpha1.StoppedIdle)}},
+		Spec: berthv1alpha1.WorkspaceSpec{Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: tmpl.Labels}, Spec: tmpl.Spec,
+		}},
+		Status: berthv1alpha1.WorkspaceStatus{Phase: berthv1alpha1.WorkspaceRunning, PodName: "ide-2-ws-ui", PodUID: "pod-uid", NodeName: "node-1"},
+	}
+	pod := PodFor(ws, "ide-2-ws-ui")
+	pod.UID, pod.Spec.NodeName, pod.Status.Phase = "pod-uid", "node-1", corev1.PodRunning
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
+	org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+	var writes []string
+	cl := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, node, ws, pod).
+		WithStatusSubresource(&berthv1alpha1.Workspace{}).
+		WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).
+		WithInterceptorFuncs(interceptor.Funcs{
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				writes = append(writes, "create Pod")
+				return c.Create(ctx, obj, opts...)
+			},
+			Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+				writes = append(writes, "patch Workspace")
+				return c.Patch(ctx, obj, patch, opts...)
+			},
+		}).Build()
+	c := NewController(cl, cl, events.NewFakeRecorder(10), clocktesting.NewFakeClock(time.Now()), Options{})
+	req := ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ws)}
+	got := &berthv1alpha1.Workspace{}
+
+	for range 2 {
+		_, err := c.Reconcile(ctx, req)
+		require.NoError(t, err)
+	}
+	require.NoError(t, cl.Get(ctx, req.NamespacedName, got))
+	require.Equal(t, berthv1alpha1.StoppedIdle, got.Status.StoppedBy)
+	require.Equal(t, berthv1alpha1.WorkspaceStopped, got.Status.Phase)
+	require.NotContains(t, got.Annotations, berthv1alpha1.AnnotationStopReason, "the stop spends its reason")
+
+	patch := client.MergeFrom(got.DeepCopy())
+	got.Spec.Started = true
+	require.NoError(t, cl.Patch(ctx, got, patch))
+	writes = nil
+	_, err := c.Reconcile(ctx, req)
+	require.NoError(t, err)
+	require.Equal(t, []string{"create Pod"}, writes, "a wake writes the Pod and nothing before it")
 }

@@ -190,7 +190,9 @@ func plainRound(b *testing.B, c client.WithWatch, ns string, names []string, hol
 }
 
 // setAll sets spec.started on every workspace at once, recording when each
-// patch was sent, and returns how long each patch took.
+// patch was sent, and returns how long each patch took. A stop is written
+// as berth's idle stop writes it, so that the next wake is the common one:
+// a wake after an idle stop.
 func setAll(b *testing.B, c client.Client, ns string, names []string, started bool, sent []time.Time) []time.Duration {
 	b.Helper()
 	took := make([]time.Duration, len(names))
@@ -198,7 +200,10 @@ func setAll(b *testing.B, c client.Client, ns string, names []string, started bo
 	for i, name := range names {
 		wg.Go(func() {
 			ws := &berthv1alpha1.Workspace{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
-			body := fmt.Appendf(nil, `{"spec":{"started":%t}}`, started)
+			body := []byte(`{"spec":{"started":true}}`)
+			if !started {
+				body = fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}},"spec":{"started":false}}`, berthv1alpha1.AnnotationStopReason, berthv1alpha1.StoppedIdle)
+			}
 			start := time.Now()
 			if sent != nil {
 				sent[i] = start

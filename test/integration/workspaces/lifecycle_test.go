@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -270,7 +271,12 @@ func TestBurstOfWakesStartsEachOnce(t *testing.T) {
 	for _, name := range names {
 		waitPhase(t, env, ns, name, berthv1alpha1.WorkspaceStopped, time.Minute)
 	}
-	w, err := env.WatchClient(t).Watch(t.Context(), &corev1.PodList{}, client.InNamespace(ns))
+	// The watch resumes where it was should the API server close it: a
+	// closed watch would end the count early.
+	wc := env.WatchClient(t)
+	var before corev1.PodList
+	require.NoError(t, wc.List(t.Context(), &before, client.InNamespace(ns)))
+	w, err := watchtools.NewRetryWatcherWithContext(t.Context(), before.ResourceVersion, podWatcher{wc, ns})
 	require.NoError(t, err)
 	defer w.Stop()
 
@@ -285,7 +291,8 @@ func TestBurstOfWakesStartsEachOnce(t *testing.T) {
 	created, deleted := map[string]bool{}, map[string]bool{}
 	for done := false; !done; {
 		select {
-		case ev := <-w.ResultChan():
+		case ev, open := <-w.ResultChan():
+			require.True(t, open, "the Pod watch ended")
 			p, ok := ev.Object.(*corev1.Pod)
 			if !ok {
 				continue
@@ -321,4 +328,14 @@ func TestLoweredIdleTimeoutApplies(t *testing.T) {
 	require.NoError(t, env.Client.Patch(t.Context(), org, patch))
 	ws := waitPhase(t, env, ns, "ide", berthv1alpha1.WorkspaceStopped, 2*time.Minute)
 	assert.Equal(t, berthv1alpha1.StoppedIdle, ws.Status.StoppedBy)
+}
+
+// podWatcher watches a namespace's Pods for a RetryWatcher.
+type podWatcher struct {
+	c  client.WithWatch
+	ns string
+}
+
+func (p podWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return p.c.Watch(ctx, &corev1.PodList{}, client.InNamespace(p.ns), &client.ListOptions{Raw: &opts})
 }

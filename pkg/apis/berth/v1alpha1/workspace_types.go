@@ -40,7 +40,8 @@ const (
 
 // AnnotationStopReason on a Workspace says who set spec.started to false:
 // idle (berth's idle stop) or user (the default). berth writes it in the
-// same update as spec.started.
+// same update as spec.started, and removes it once the status records the
+// stop.
 const AnnotationStopReason = "berth.dev/stop-reason"
 
 // +genclient
