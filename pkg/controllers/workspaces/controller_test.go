@@ -38,24 +38,11 @@ func TestWakeFromStaleCacheConverges(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			s := runtime.NewScheme()
-			require.NoError(t, clientgoscheme.AddToScheme(s))
-			require.NoError(t, berthv1alpha1.AddToScheme(s))
-			pod := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
-			stale := &berthv1alpha1.Workspace{
-				ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 2},
-				Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: pod.Labels}, Spec: pod.Spec,
-				}},
-			}
+			stale := testWorkspace(2, true)
 			fresh := stale.DeepCopy()
 			tc.now(fresh)
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
-			org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
 			build := func(ws *berthv1alpha1.Workspace) client.Client {
-				return fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, ws).
-					WithStatusSubresource(&berthv1alpha1.Workspace{}).
-					WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).Build()
+				return fakeCluster(t, ws).Build()
 			}
 			// cache is what berth-manager's informers have, and where its
 			// writes land; api is the API server, for fresh reads.
@@ -102,25 +89,11 @@ func TestRunningStatusSettles(t *testing.T) {
 	}{{"alone", false}, {"in a burst", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			s := runtime.NewScheme()
-			require.NoError(t, clientgoscheme.AddToScheme(s))
-			require.NoError(t, berthv1alpha1.AddToScheme(s))
-			tmpl := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
-			ws := &berthv1alpha1.Workspace{
-				ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 2},
-				Spec: berthv1alpha1.WorkspaceSpec{Started: true, Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: tmpl.Labels}, Spec: tmpl.Spec,
-				}},
-				Status: berthv1alpha1.WorkspaceStatus{Phase: berthv1alpha1.WorkspaceStopped},
-			}
+			ws := testWorkspace(2, true)
+			ws.Status.Phase = berthv1alpha1.WorkspaceStopped
 			pod := PodFor(ws, startName(ws))
 			pod.UID, pod.Spec.NodeName, pod.Status.Phase = "pod-uid", "node-1", corev1.PodRunning
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
-			org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
-			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
-			cl := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, node, ws, pod).
-				WithStatusSubresource(&berthv1alpha1.Workspace{}).
-				WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).Build()
+			cl := fakeCluster(t, ws, pod).Build()
 			clk := clocktesting.NewFakeClock(time.Now())
 			c := NewController(cl, cl, events.NewFakeRecorder(10), clk, Options{})
 			c.starting.Store(pod.UID, clk.Now())
@@ -166,27 +139,13 @@ func TestRunningStatusSettles(t *testing.T) {
 // so that the next wake writes nothing before it creates the Pod.
 func TestStopSpendsItsReason(t *testing.T) {
 	ctx := t.Context()
-	s := runtime.NewScheme()
-	require.NoError(t, clientgoscheme.AddToScheme(s))
-	require.NoError(t, berthv1alpha1.AddToScheme(s))
-	tmpl := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
-	ws := &berthv1alpha1.Workspace{
-		ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: 3,
-			Annotations: map[string]string{berthv1alpha1.AnnotationStopReason: string(berthv1alpha1.StoppedIdle)}},
-		Spec: berthv1alpha1.WorkspaceSpec{Template: corev1.PodTemplateSpec{
-			ObjectMeta: metav1.ObjectMeta{Labels: tmpl.Labels}, Spec: tmpl.Spec,
-		}},
-		Status: berthv1alpha1.WorkspaceStatus{Phase: berthv1alpha1.WorkspaceRunning, PodName: "ide-2-ws-ui", PodUID: "pod-uid", NodeName: "node-1"},
-	}
+	ws := testWorkspace(3, false)
+	ws.Annotations = map[string]string{berthv1alpha1.AnnotationStopReason: string(berthv1alpha1.StoppedIdle)}
+	ws.Status = berthv1alpha1.WorkspaceStatus{Phase: berthv1alpha1.WorkspaceRunning, PodName: "ide-2-ws-ui", PodUID: "pod-uid", NodeName: "node-1"}
 	pod := PodFor(ws, "ide-2-ws-ui")
 	pod.UID, pod.Spec.NodeName, pod.Status.Phase = "pod-uid", "node-1", corev1.PodRunning
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: "acme"}}}
-	org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
 	var writes []string
-	cl := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, org, node, ws, pod).
-		WithStatusSubresource(&berthv1alpha1.Workspace{}).
-		WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode).
+	cl := fakeCluster(t, ws, pod).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 				writes = append(writes, "create Pod")
@@ -217,4 +176,32 @@ func TestStopSpendsItsReason(t *testing.T) {
 	_, err := c.Reconcile(ctx, req)
 	require.NoError(t, err)
 	require.Equal(t, []string{"create Pod"}, writes, "a wake writes the Pod and nothing before it")
+}
+
+// testWorkspace is the Workspace team/ide, at generation, of a workspace
+// template.
+func testWorkspace(generation int64, started bool) *berthv1alpha1.Workspace {
+	pod := testutil.Pod("ide").Class(berthv1alpha1.ClassWorkspace).User("ana").Obj()
+	return &berthv1alpha1.Workspace{
+		ObjectMeta: metav1.ObjectMeta{Name: "ide", Namespace: "team", UID: "ws-uid", Generation: generation},
+		Spec: berthv1alpha1.WorkspaceSpec{Started: started, Template: corev1.PodTemplateSpec{
+			ObjectMeta: metav1.ObjectMeta{Labels: pod.Labels}, Spec: pod.Spec,
+		}},
+	}
+}
+
+// fakeCluster builds a fake client holding objs, the namespace team of
+// Organization acme, the org and node node-1, with the controller's Pod
+// indexes.
+func fakeCluster(t *testing.T, objs ...client.Object) *fake.ClientBuilder {
+	t.Helper()
+	s := runtime.NewScheme()
+	require.NoError(t, clientgoscheme.AddToScheme(s))
+	require.NoError(t, berthv1alpha1.AddToScheme(s))
+	org := &berthv1alpha1.Organization{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{berthv1alpha1.LabelOrg: org.Name}}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}
+	return fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, ns, org, node)...).
+		WithStatusSubresource(&berthv1alpha1.Workspace{}).
+		WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode)
 }
