@@ -846,9 +846,11 @@ func (r *run) stop(ctx context.Context, live []*corev1.Pod, going bool) error {
 	// The status holds the stop's reason now. Spending it here, and not
 	// on the next wake, keeps that write off the wake's path: a wake by a
 	// patch of spec.started finds nothing to clear.
+	// A conflict means a newer Workspace than the cache's (often this
+	// removal itself), whose event brings another pass.
 	patch := client.MergeFromWithOptions(ws.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	delete(ws.Annotations, berthv1alpha1.AnnotationStopReason)
-	if err := r.client.Patch(ctx, ws, patch); err != nil {
+	if err := r.client.Patch(ctx, ws, patch); err != nil && !apierrors.IsConflict(err) {
 		return fmt.Errorf("remove the stop's reason from Workspace %s/%s: %w", ws.Namespace, ws.Name, err)
 	}
 	return nil

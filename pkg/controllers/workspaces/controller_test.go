@@ -2,11 +2,13 @@ package workspaces
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -204,4 +206,20 @@ func fakeCluster(t *testing.T, objs ...client.Object) *fake.ClientBuilder {
 	return fake.NewClientBuilder().WithScheme(s).WithObjects(append(objs, ns, org, node)...).
 		WithStatusSubresource(&berthv1alpha1.Workspace{}).
 		WithIndex(&corev1.Pod{}, indexWorkspace, podWorkspace).WithIndex(&corev1.Pod{}, indexNode, podNode)
+}
+
+// A stop that removes its reason from a Workspace the cache has not caught
+// up with meets a conflict; that is no error: the newer Workspace's event
+// brings another pass.
+func TestStopReasonConflictIsNoError(t *testing.T) {
+	ws := testWorkspace(3, false)
+	ws.Annotations = map[string]string{berthv1alpha1.AnnotationStopReason: string(berthv1alpha1.StoppedIdle)}
+	cl := fakeCluster(t, ws).WithInterceptorFuncs(interceptor.Funcs{
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			return apierrors.NewConflict(berthv1alpha1.Resource("workspaces"), obj.GetName(), errors.New("the object has been modified"))
+		},
+	}).Build()
+	c := NewController(cl, cl, events.NewFakeRecorder(10), clocktesting.NewFakeClock(time.Now()), Options{})
+	_, err := c.Reconcile(t.Context(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(ws)})
+	require.NoError(t, err)
 }
