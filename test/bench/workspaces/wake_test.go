@@ -225,14 +225,7 @@ func setAll(b *testing.B, c client.Client, ns string, names []string, started bo
 // API server may, and a round would then wait on events it never gets.
 func watchRunning(b *testing.B, c client.WithWatch, ns string, n int, key func(*corev1.Pod) string) <-chan seenAt {
 	b.Helper()
-	var list corev1.PodList
-	if err := c.List(b.Context(), &list, client.InNamespace(ns)); err != nil {
-		b.Fatal(err)
-	}
-	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), list.ResourceVersion, podWatcher{c, ns})
-	if err != nil {
-		b.Fatal(err)
-	}
+	w := retryWatch(b, c, ns, &corev1.PodList{})
 	out := make(chan seenAt, 2*n)
 	go func() {
 		defer w.Stop()
@@ -267,14 +260,7 @@ func watchRunning(b *testing.B, c client.WithWatch, ns string, n int, key func(*
 // one's status first says Running, until n have.
 func watchRecorded(b *testing.B, c client.WithWatch, ns string, n int) <-chan seenAt {
 	b.Helper()
-	var list berthv1alpha1.WorkspaceList
-	if err := c.List(b.Context(), &list, client.InNamespace(ns)); err != nil {
-		b.Fatal(err)
-	}
-	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), list.ResourceVersion, workspaceWatcher{c, ns})
-	if err != nil {
-		b.Fatal(err)
-	}
+	w := retryWatch(b, c, ns, &berthv1alpha1.WorkspaceList{})
 	out := make(chan seenAt, n)
 	go func() {
 		defer w.Stop()
@@ -294,24 +280,30 @@ func watchRecorded(b *testing.B, c client.WithWatch, ns string, n int) <-chan se
 	return out
 }
 
-// workspaceWatcher watches a namespace's Workspaces for a RetryWatcher.
-type workspaceWatcher struct {
-	c  client.WithWatch
-	ns string
+// retryWatch watches the namespace's objects of list's kind from now on,
+// resuming where it was when the API server closes the watch.
+func retryWatch(b *testing.B, c client.WithWatch, ns string, list client.ObjectList) watch.Interface {
+	b.Helper()
+	if err := c.List(b.Context(), list, client.InNamespace(ns)); err != nil {
+		b.Fatal(err)
+	}
+	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), list.GetResourceVersion(), nsWatcher{c, ns, list})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w
 }
 
-func (p workspaceWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	return p.c.Watch(ctx, &berthv1alpha1.WorkspaceList{}, client.InNamespace(p.ns), &client.ListOptions{Raw: &opts})
+// nsWatcher watches a namespace's objects of list's kind for a
+// RetryWatcher.
+type nsWatcher struct {
+	c    client.WithWatch
+	ns   string
+	list client.ObjectList
 }
 
-// podWatcher watches a namespace's Pods for a RetryWatcher.
-type podWatcher struct {
-	c  client.WithWatch
-	ns string
-}
-
-func (p podWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	return p.c.Watch(ctx, &corev1.PodList{}, client.InNamespace(p.ns), &client.ListOptions{Raw: &opts})
+func (w nsWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	return w.c.Watch(ctx, w.list.DeepCopyObject().(client.ObjectList), client.InNamespace(w.ns), &client.ListOptions{Raw: &opts})
 }
 
 // seenAt is when the Pod of key was first seen, or first seen Running.
