@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -61,16 +63,20 @@ func TestKarpenterCostWithAndWithoutBerth(t *testing.T) {
 		name string
 		d    day
 	}{{"without berth (plain Pods, stock scheduler)", without}, {"with berth", with}} {
-		framework.Report(t, "%s: peak %s; evening %s; %d nodes removed after the load shrank",
-			r.name, r.d.peak, r.d.evening, r.d.peak.total()-r.d.evening.total())
+		framework.Report(t, "%s: every Pod ran %s after the first wave; peak %s; evening %s; %d nodes removed after the load shrank",
+			r.name, r.d.morning, r.d.peak, r.d.evening, r.d.peak.total()-r.d.evening.total())
 	}
 	framework.Report(t, "berth against without: peak %.2fx, evening %.2fx the hourly cost",
 		with.peak.cost/without.peak.cost, with.evening.cost/without.evening.cost)
 	assert.Less(t, with.peak.cost, without.peak.cost, "with berth, Karpenter launches spot capacity")
 }
 
-// day is one round's two snapshots.
-type day struct{ peak, evening snapshot }
+// day is one round's two snapshots, and how long after the first wave
+// every Pod ran.
+type day struct {
+	peak, evening snapshot
+	morning       time.Duration
+}
 
 // snapshot is the cluster's nodes at one moment, against the Pods running.
 type snapshot struct {
@@ -101,7 +107,9 @@ func (s snapshot) String() string {
 func runDay(t *testing.T, env *framework.ClusterEnv, ns, sched string, seed int64, keys placement.Keys) day {
 	ctx := t.Context()
 	load := dayLoad(seed)
+	start := time.Now()
 	var submitted []string // the workspaces, in the order they were created
+	var builds []*batchv1.Job
 	for w := range waves {
 		for i, p := range load {
 			if i%waves != w {
@@ -119,9 +127,13 @@ func runDay(t *testing.T, env *framework.ClusterEnv, ns, sched string, seed int6
 			var obj client.Object = p
 			if build {
 				job := demo.AsJob(p)
-				// Running through the peak; over by the evening.
-				job.Spec.Template.Annotations = map[string]string{localcluster.AnnotationRunFor: "90s"}
+				// Running through the peak, however long the morning
+				// takes; the evening ends it. A build that ran its
+				// course on a timer could end before the last Pod of a
+				// slow morning runs, and the peak would never come.
+				job.Spec.Template.Annotations = map[string]string{localcluster.AnnotationRunFor: "1h"}
 				obj = job
+				builds = append(builds, job)
 			}
 			if err := env.Client.Create(ctx, obj); err != nil {
 				t.Fatalf("create %s: %v", p.Name, err)
@@ -133,7 +145,7 @@ func runDay(t *testing.T, env *framework.ClusterEnv, ns, sched string, seed int6
 		pods, err := running(ctx, env, ns)
 		return len(pods) == len(load), err
 	})
-	var d day
+	d := day{morning: time.Since(start).Round(time.Second)}
 	d.peak = snap(t, env, ns)
 
 	// The evening: the teams of the first half of the workspaces go home,
@@ -142,6 +154,11 @@ func runDay(t *testing.T, env *framework.ClusterEnv, ns, sched string, seed int6
 		pod := &corev1.Pod{}
 		pod.Namespace, pod.Name = ns, name
 		if err := env.Client.Delete(ctx, pod, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, job := range builds {
+		if err := env.Client.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil {
 			t.Fatal(err)
 		}
 	}
