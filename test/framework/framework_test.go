@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -146,4 +147,53 @@ func alive(pid int) bool {
 		return s[i+2] != 'Z'
 	}
 	return true
+}
+
+// A process that could not bind a port found free is started again, on
+// other ports; any other failure is not retried.
+func TestOnFreePortsRetriesOnlyABusyPort(t *testing.T) {
+	dir := t.TempDir()
+	attempts := 0
+	p := onFreePorts(t, "server", func() (*Process, error) {
+		attempts++
+		p := &Process{Name: "server", Log: fmt.Sprintf("%s/log-%d", dir, attempts)}
+		if attempts == 1 {
+			require.NoError(t, os.WriteFile(p.Log, []byte("listen tcp 127.0.0.1:40123: bind: address already in use\n"), 0o644))
+			return p, fmt.Errorf("exited")
+		}
+		return p, nil
+	})
+	assert.Equal(t, 2, attempts)
+	assert.Equal(t, dir+"/log-2", p.Log)
+
+	// A failure of another kind fails the test at once: run it in a
+	// goroutine's test-like recorder.
+	rec := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		onFreePorts(rec, "server", func() (*Process, error) {
+			p := &Process{Name: "server", Log: dir + "/other"}
+			require.NoError(t, os.WriteFile(p.Log, []byte("flag provided but not defined\n"), 0o644))
+			return p, fmt.Errorf("exited")
+		})
+	}()
+	<-done
+	assert.Contains(t, rec.fatal, "flag provided but not defined")
+}
+
+// fatalRecorder records a Fatalf and ends the goroutine, as testing.T
+// does, without failing the test it wraps.
+type fatalRecorder struct {
+	testing.TB
+	fatal string
+}
+
+func (r *fatalRecorder) Helper() {}
+
+func (r *fatalRecorder) Logf(string, ...any) {}
+
+func (r *fatalRecorder) Fatalf(format string, args ...any) {
+	r.fatal = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }

@@ -29,10 +29,16 @@ func StartKarpenter(t testing.TB, env *ClusterEnv, edit func(*unstructured.Unstr
 	if err := localcluster.InstallKarpenter(t.Context(), env.Client, env.Tools, state.root, edit); err != nil {
 		t.Fatal(err)
 	}
-	healthPort := FreePort(t)
-	cmd := localcluster.KarpenterCommand(env.Tools, state.root, env.Kubeconfig(), FreePort(t), healthPort)
-	p := StartProcess(t, "karpenter", "env", cmd)
-	p.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), 2*time.Minute)
+	p := onFreePorts(t, "karpenter", func() (*Process, error) {
+		healthPort := FreePort(t)
+		cmd := localcluster.KarpenterCommand(env.Tools, state.root, env.Kubeconfig(), FreePort(t), healthPort)
+		p := StartProcess(t, "karpenter", "env", cmd)
+		if err := p.waitHealthy(t.Context(), fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort), 2*time.Minute); err != nil {
+			p.Stop()
+			return p, fmt.Errorf("not ready: %w", err)
+		}
+		return p, nil
+	})
 	t.Cleanup(func() { removeNodes(t, env) })
 	return p
 }

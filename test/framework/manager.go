@@ -81,20 +81,27 @@ func StartManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 
 func startManager(t testing.TB, env *ClusterEnv, o ManagerOptions) *Process {
 	t.Helper()
-	// A port found free may be taken before berth-manager binds it (by an
-	// outgoing connection, or a test in another package): then it exits
-	// at once, and a start on other ports is tried.
+	return onFreePorts(t, "berth-manager", func() (*Process, error) { return tryStartManager(t, env, o) })
+}
+
+// onFreePorts returns the process try starts on ports found free. A port
+// found free may be taken before the process binds it (by an outgoing
+// connection, or a test in another package): then the process exits at
+// once, and try is run again, on other ports. Any other failure of try
+// fails the test, with the end of the process's log.
+func onFreePorts(t testing.TB, name string, try func() (*Process, error)) *Process {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		p, err := tryStartManager(t, env, o)
+		p, err := try()
 		if err == nil {
 			return p
 		}
 		tail := p.Tail(40)
 		if attempt < 3 && strings.Contains(tail, "address already in use") {
-			t.Logf("berth-manager could not bind a port; starting it on other ports: %v", err)
+			t.Logf("%s could not bind a port; starting it on other ports: %v", name, err)
 			continue
 		}
-		t.Fatalf("%v\n%s", err, tail)
+		t.Fatalf("%s: %v\n%s", name, err, tail)
 	}
 }
 
@@ -142,7 +149,7 @@ func tryStartManager(t testing.TB, env *ClusterEnv, o ManagerOptions) (*Process,
 	defer cancel()
 	if err := p.waitHealthy(ctx, p.Health+"/readyz", 90*time.Second); err != nil {
 		p.Stop()
-		return p, fmt.Errorf("berth-manager not ready: %w", err)
+		return p, fmt.Errorf("not ready: %w", err)
 	}
 	if err := localcluster.WaitWebhookCA(ctx, env.Client, 90*time.Second); err != nil {
 		p.Stop()

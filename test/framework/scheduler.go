@@ -84,22 +84,24 @@ func runScheduler(t testing.TB, name, bin string, cfg map[string]any) *Process {
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := fmt.Sprintf("https://127.0.0.1:%d", port)
-	p := &Process{Name: name, Health: base, Metrics: base, Log: filepath.Join(dir, "log")}
-	// pprof and metrics are open, on 127.0.0.1 only, so benchmarks can
-	// profile the scheduler (Process.Profile) and read its counters
-	// (Process.MetricValue).
-	p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
-		"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/metrics,/debug/pprof/*"})
-	if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
-		p.Stop()
-		t.Fatalf("%s not healthy: %v\n%s", name, err, p.Tail(40))
-	}
-	return p
+	return onFreePorts(t, name, func() (*Process, error) {
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := fmt.Sprintf("https://127.0.0.1:%d", port)
+		p := &Process{Name: name, Health: base, Metrics: base, Log: filepath.Join(dir, "log")}
+		// pprof and metrics are open, on 127.0.0.1 only, so benchmarks can
+		// profile the scheduler (Process.Profile) and read its counters
+		// (Process.MetricValue).
+		p.start(t, bin, []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
+			"--authorization-always-allow-paths", "/healthz,/readyz,/livez,/metrics,/debug/pprof/*"})
+		if err := p.waitHealthy(t.Context(), p.Health+"/healthz", time.Minute); err != nil {
+			p.Stop()
+			return p, fmt.Errorf("not healthy: %w", err)
+		}
+		return p, nil
+	})
 }
 
 // localHTTP reaches the test processes' servers on 127.0.0.1, whose
