@@ -1,6 +1,7 @@
 package framework
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -94,24 +95,33 @@ func startAzuriteIn(ctx context.Context, name string, oauth bool) (*Azurite, err
 	if _, err := os.Stat(state.tools.AzuriteBlob); err != nil {
 		return nil, fmt.Errorf("azurite-blob not found at %s; run `make tools`", state.tools.AzuriteBlob)
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	a := &Azurite{Port: port, dir: filepath.Join(state.dir, name), bin: state.tools.AzuriteBlob}
+	a := &Azurite{dir: filepath.Join(state.dir, name), bin: state.tools.AzuriteBlob}
 	if err := os.MkdirAll(a.dir, 0o755); err != nil {
 		return nil, err
 	}
 	if oauth {
+		var err error
 		if a.tls, err = selfSigned(a.dir); err != nil {
 			return nil, err
 		}
 	}
 	onTeardown("", func() { a.Stop() })
-	if err := a.Start(ctx); err != nil {
-		return nil, err
+	// A port found free may be taken before Azurite binds it: then it is
+	// started again, on another port.
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		a.Port = port
+		err = a.Start(ctx)
+		if err == nil {
+			return a, nil
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "EADDRINUSE") {
+			return nil, err
+		}
 	}
-	return a, nil
 }
 
 // BlobEndpoint is the account's blob service URL. The OAuth Azurite is
@@ -216,11 +226,16 @@ func (a *Azurite) Start(ctx context.Context) error {
 	if a.cmd != nil {
 		return nil
 	}
-	log, err := os.OpenFile(filepath.Join(a.dir, "azurite.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	logPath := filepath.Join(a.dir, "azurite.log")
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
+	before, err := log.Stat()
+	if err != nil {
+		return err
+	}
 	args := []string{"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(a.Port),
 		"--location", filepath.Join(a.dir, "data"), "--skipApiVersionCheck", "--loose", "--silent"}
 	if a.tls != nil {
@@ -235,11 +250,35 @@ func (a *Azurite) Start(ctx context.Context) error {
 	a.cmd = cmd
 	// Node forks nothing here, but kill the whole group to be sure.
 	state.watchdog.add(fmt.Sprintf("kill -9 -%d", cmd.Process.Pid))
-	if err := waitListening(ctx, fmt.Sprintf("127.0.0.1:%d", a.Port), 30*time.Second); err != nil {
+	if err := a.waitListening(ctx, logPath, before.Size()); err != nil {
 		a.Stop()
-		return fmt.Errorf("azurite: %w (log in %s)", err, filepath.Join(a.dir, "azurite.log"))
+		return fmt.Errorf("azurite: %w (log in %s)", err, logPath)
 	}
 	return nil
+}
+
+// waitListening waits until Azurite's log, past offset, says that it
+// listens, or that it exited. Its own word, not a connection to the port,
+// which another process may hold.
+func (a *Azurite) waitListening(ctx context.Context, logPath string, offset int64) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := os.ReadFile(logPath)
+		out = out[min(offset, int64(len(out))):]
+		switch {
+		case bytes.Contains(out, []byte("successfully listens on")):
+			return nil
+		case bytes.Contains(out, []byte("Exit due to")):
+			return fmt.Errorf("exited: %s", bytes.TrimSpace(out))
+		case time.Now().After(deadline):
+			return fmt.Errorf("not listening on port %d after 30s", a.Port)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Stop stops Azurite, as an outage would: connections are refused from then

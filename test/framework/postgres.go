@@ -3,7 +3,6 @@ package framework
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,10 +50,6 @@ func startPostgres(ctx context.Context) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	dir := filepath.Join(state.dir, "postgres")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -63,16 +58,27 @@ func startPostgres(ctx context.Context) (*Postgres, error) {
 	if err := localcluster.ChownToPostgres(dir); err != nil {
 		return nil, err
 	}
-	pg := &Postgres{Port: port, dir: dir, bin: bin,
-		DSN: fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)}
+	pg := &Postgres{dir: dir, bin: bin}
 	if err := pg.run(ctx, "initdb", "-D", pg.data(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
 		return nil, err
 	}
 	onTeardown(pg.stopCommand(), func() { _ = pg.stop(context.Background()) })
-	if err := pg.serve(ctx); err != nil {
-		return nil, err
+	// A port found free may be taken before the server binds it: then
+	// the server is started again, on another port.
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		pg.Port, pg.DSN = port, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+		err = pg.serve(ctx)
+		if err == nil {
+			return pg, nil
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			return nil, err
+		}
 	}
-	return pg, nil
 }
 
 // Database creates an empty database for one test on the server and returns
@@ -169,24 +175,4 @@ func freePort() (int, error) {
 		return 0, err
 	}
 	return ports[0], nil
-}
-
-// waitListening waits until something accepts connections on addr.
-func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("nothing listening on %s after %s: %w", addr, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
