@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"berth.dev/berth/pkg/localcluster"
 )
@@ -43,8 +44,9 @@ func StartKarpenter(t testing.TB, env *ClusterEnv, edit func(*unstructured.Unstr
 	return p
 }
 
-// removeNodes deletes Karpenter's NodeClaims and waits until no node is
-// left. Karpenter, still running, drains and deletes each node.
+// removeNodes deletes Karpenter's NodeClaims and waits until none of
+// their nodes (labelled with their NodePool) is left. Karpenter, still
+// running, drains and deletes each node.
 func removeNodes(t testing.TB, env *ClusterEnv) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -57,7 +59,7 @@ func removeNodes(t testing.TB, env *ClusterEnv) {
 	}
 	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
 		var nodes corev1.NodeList
-		err := env.Client.List(ctx, &nodes)
+		err := env.Client.List(ctx, &nodes, client.HasLabels{"karpenter.sh/nodepool"})
 		return len(nodes.Items) == 0, err
 	})
 	if err != nil {
