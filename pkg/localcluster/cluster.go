@@ -147,7 +147,38 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 		_ = c.Delete(context.WithoutCancel(ctx))
 		return nil, err
 	}
+	if opts.MetricsServer {
+		// metrics.k8s.io answers only once metrics-server runs and the API
+		// server reaches it. Without this wait, whatever reads it first
+		// would wait out its own timeout, with no word of why.
+		if err := c.waitAvailable(ctx, "v1beta1.metrics.k8s.io", 90*time.Second); err != nil {
+			_ = c.Delete(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// waitAvailable waits until the API server reports the APIService name
+// Available, and otherwise says why not.
+func (c *Cluster) waitAvailable(ctx context.Context, name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last []byte
+	for time.Now().Before(deadline) {
+		cmd := exec.CommandContext(ctx, c.tools.Kubectl, "--kubeconfig", c.Kubeconfig(), "get", "apiservice", name,
+			"-o", `jsonpath={range .status.conditions[?(@.type=="Available")]}{.status}: {.message}{end}`)
+		out, err := cmd.CombinedOutput()
+		if err == nil && strings.HasPrefix(string(out), "True") {
+			return nil
+		}
+		last = out
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("local cluster %q: APIService %s not available after %s (logs in %s/logs): %s", c.Name, name, timeout, c.Dir(), last)
 }
 
 // Delete stops every process of the cluster and removes its files. Deleting a

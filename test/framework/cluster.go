@@ -73,7 +73,7 @@ func Cluster(t testing.TB) *ClusterEnv {
 }
 
 func startCluster() (*ClusterEnv, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	opts := localcluster.Options{
 		Name:    uniqueName("berth-test"),
@@ -88,7 +88,14 @@ func startCluster() (*ClusterEnv, error) {
 	}
 	c, err := localcluster.Create(ctx, opts)
 	if err != nil {
-		return nil, err
+		// A component's port, found free, may have been taken before the
+		// component bound it (by a test package beside this one). Create
+		// removed what it started: try once more, on other ports.
+		fmt.Fprintf(os.Stderr, "framework: the local cluster did not start; starting another: %v\n", err)
+		opts.Name = uniqueName("berth-test")
+		if c, err = localcluster.Create(ctx, opts); err != nil {
+			return nil, err
+		}
 	}
 	onTeardown(c.CleanupCommand(), func() { _ = c.Delete(context.Background()) })
 
