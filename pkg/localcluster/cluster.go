@@ -162,23 +162,13 @@ func Create(ctx context.Context, opts Options) (*Cluster, error) {
 // waitAvailable waits until the API server reports the APIService name
 // Available, and otherwise says why not.
 func (c *Cluster) waitAvailable(ctx context.Context, name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var last []byte
-	for time.Now().Before(deadline) {
-		cmd := exec.CommandContext(ctx, c.tools.Kubectl, "--kubeconfig", c.Kubeconfig(), "get", "apiservice", name,
-			"-o", `jsonpath={range .status.conditions[?(@.type=="Available")]}{.status}: {.message}{end}`)
-		out, err := cmd.CombinedOutput()
-		if err == nil && strings.HasPrefix(string(out), "True") {
-			return nil
-		}
-		last = out
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
+	jsonpath := `jsonpath={range .status.conditions[?(@.type=="Available")]}{.status}: {.message}{end}`
+	last, err := c.pollKubectl(ctx, timeout, func(out string) bool { return strings.HasPrefix(out, "True") },
+		"get", "apiservice", name, "-o", jsonpath)
+	if err != nil {
+		return fmt.Errorf("local cluster %q: APIService %s not available after %s (logs in %s/logs): %w: %s", c.Name, name, timeout, c.Dir(), err, last)
 	}
-	return fmt.Errorf("local cluster %q: APIService %s not available after %s (logs in %s/logs): %s", c.Name, name, timeout, c.Dir(), last)
+	return nil
 }
 
 // Delete stops every process of the cluster and removes its files. Deleting a
@@ -274,22 +264,33 @@ func (c *Cluster) kwokctlEnv() []string {
 }
 
 func (c *Cluster) waitHealthy(ctx context.Context, timeout time.Duration) error {
+	last, err := c.pollKubectl(ctx, timeout, func(out string) bool { return strings.TrimSpace(out) == "ok" },
+		"get", "--raw", "/readyz")
+	if err != nil {
+		return fmt.Errorf("local cluster %q API server not ready after %s (logs in %s/logs): %w: %s", c.Name, timeout, c.Dir(), err, last)
+	}
+	return nil
+}
+
+// pollKubectl runs kubectl with args on the cluster every 250ms until it
+// succeeds with an output done accepts, or timeout passes; then it returns
+// the last output with the error.
+func (c *Cluster) pollKubectl(ctx context.Context, timeout time.Duration, done func(string) bool, args ...string) (string, error) {
 	deadline := time.Now().Add(timeout)
 	var last []byte
 	for time.Now().Before(deadline) {
-		cmd := exec.CommandContext(ctx, c.tools.Kubectl, "--kubeconfig", c.Kubeconfig(), "get", "--raw", "/readyz")
-		out, err := cmd.CombinedOutput()
-		if err == nil && strings.TrimSpace(string(out)) == "ok" {
-			return nil
+		out, err := exec.CommandContext(ctx, c.tools.Kubectl, append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...).CombinedOutput()
+		if err == nil && done(string(out)) {
+			return "", nil
 		}
 		last = out
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return string(last), ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("local cluster %q API server not ready after %s (logs in %s/logs): %s", c.Name, timeout, c.Dir(), last)
+	return string(last), errors.New("timed out")
 }
 
 // FreePorts returns n distinct free TCP ports on 127.0.0.1. The listeners are
