@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -29,6 +30,7 @@ import (
 	metricsv1beta1 "k8s.io/metrics/pkg/apis/metrics/v1beta1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -110,8 +112,16 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if err != nil {
 		return fmt.Errorf("--webhook-bind-address %q: %w; use host:port such as 127.0.0.1:9443", o.WebhookBindAddress, err)
 	}
+	ledgers, err := labels.Parse(quota.LabelLedger)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  scheme,
+		Scheme: scheme,
+		// The only ConfigMaps berth-manager reads are its quota ledgers.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.Webhook.Namespace: {}}, Label: ledgers},
+		}},
 		Metrics:                 metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:  o.HealthProbeBindAddress,
 		PprofBindAddress:        o.PprofBindAddress,
@@ -132,7 +142,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			return err
 		}
 	}
-	ledger, err := newLedger(cfg, scheme, mgr, o.Webhook.Namespace)
+	ledger, err := newLedger(ctx, cfg, scheme, mgr, o.Webhook.Namespace)
 	if err != nil {
 		return err
 	}
@@ -174,16 +184,25 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 }
 
 // newLedger builds the quota ledger the webhooks charge and orgstatus
-// cleans. It reads and writes on the API server, never a cache, in protobuf:
-// ledgers are rewritten whole, and protobuf halves the API server's work.
-func newLedger(cfg *rest.Config, scheme *runtime.Scheme, mgr ctrl.Manager, namespace string) (*quota.Ledger, error) {
+// cleans. It writes, and after a lost write reads, on the API server in
+// protobuf: ledgers are rewritten whole, and protobuf halves the API server's
+// work. A change starts from the manager's watch of the ledgers, so that a
+// write usually needs no read first.
+func newLedger(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, mgr ctrl.Manager, namespace string) (*quota.Ledger, error) {
 	pcfg := rest.CopyConfig(cfg)
 	pcfg.ContentType = runtime.ContentTypeProtobuf
 	c, err := client.New(pcfg, client.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper()})
 	if err != nil {
 		return nil, fmt.Errorf("create quota ledger client: %w", err)
 	}
-	return quota.NewLedger(c, namespace, clock.RealClock{}, webhooks.QuotaOptions()), nil
+	// Registered now, so that the watch starts and syncs with the
+	// manager's cache, not at the first webhook call.
+	if _, err := mgr.GetCache().GetInformer(ctx, &corev1.ConfigMap{}); err != nil {
+		return nil, fmt.Errorf("watch quota ledgers: %w", err)
+	}
+	o := webhooks.QuotaOptions()
+	o.Cache = mgr.GetCache()
+	return quota.NewLedger(c, namespace, clock.RealClock{}, o), nil
 }
 
 // metricsClient reads metrics.k8s.io straight from the API server: a

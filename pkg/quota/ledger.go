@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -38,7 +39,8 @@ const MaxEntries = 15000
 func Name(org string) string { return "berth-quota-" + org }
 
 // Client is what the ledger needs of the API server. It must read from the
-// API server, not a cache: a decision must see the latest ledger.
+// API server, not a cache: a write lost to a newer one is decided again on
+// the latest ledger.
 type Client interface {
 	Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error
 	Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error
@@ -56,6 +58,12 @@ type Options struct {
 	// OnWrite, when set, is called after every write of Reserve with the
 	// number of reservations it decided and the write's duration.
 	OnWrite func(batch int, took time.Duration)
+	// Cache, when set, is a watch of the ledger ConfigMaps. A change then
+	// starts from the newer of the cache's copy and the one this Ledger
+	// last wrote, with no read of the API server; only a write lost to a
+	// newer ledger reads it. The result is as exact as without: every write
+	// is conditioned on the version it started from.
+	Cache client.Reader
 }
 
 // Ledger keeps one ConfigMap per org in namespace, listing the Pods charged
@@ -72,7 +80,8 @@ type Ledger struct {
 	opts      Options
 
 	mu      sync.Mutex
-	pending map[string][]*reservation // by org; present while its committer runs
+	pending map[string][]*reservation    // by org; present while its committer runs
+	written map[string]*corev1.ConfigMap // by org: the ledger as this Ledger last wrote it
 }
 
 // NewLedger returns a Ledger of the ConfigMaps in namespace.
@@ -217,21 +226,43 @@ func (l *Ledger) Entries(ctx context.Context, org string) (map[types.UID]Entry, 
 	return entries, err
 }
 
-// update is the one read-change-write of a ledger: it reads org's ledger,
+// update is the one read-change-write of a ledger: it takes org's ledger,
 // lets change edit its entries, and writes them back if change reports a
-// change, conditioned on the version read. A write lost to another writer
-// is decided again on the newer ledger.
+// change, conditioned on the version it took. A write lost to another
+// writer is decided again on the newer ledger.
+//
+// The ledger taken first is the one this Ledger knows (see Options.Cache).
+// A decision on it stands only if its write succeeds; a decision to change
+// nothing is made again on a read of the API server, since the known ledger
+// may lack the latest entries.
 func (l *Ledger) update(ctx context.Context, org string, change func(map[types.UID]Entry) bool) error {
+	live := false
 	for range l.opts.MaxAttempts {
-		cm, entries, err := l.read(ctx, org)
-		if err != nil {
-			return err
+		var cm *corev1.ConfigMap
+		if !live {
+			cm = l.known(ctx, org)
+		}
+		var entries map[types.UID]Entry
+		if cm != nil {
+			entries = decode(cm.Data[DataKey])
+		} else {
+			var err error
+			if cm, entries, err = l.read(ctx, org); err != nil {
+				return err
+			}
+			live = true
 		}
 		if !change(entries) {
-			return nil
+			if live {
+				return nil
+			}
+			live = true
+			continue
 		}
-		err = l.write(ctx, org, cm, entries)
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+		cm, err := l.write(ctx, org, cm, entries)
+		l.remember(org, cm, err)
+		// NotFound: the ledger this Ledger knew was deleted since.
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !apierrors.IsNotFound(err) {
 			if err != nil {
 				return fmt.Errorf("write quota ledger of Organization %q: %w", org, err)
 			}
@@ -240,8 +271,54 @@ func (l *Ledger) update(ctx context.Context, org string, change func(map[types.U
 		if l.opts.OnConflict != nil {
 			l.opts.OnConflict()
 		}
+		live = true
 	}
 	return fmt.Errorf("quota ledger of Organization %q is too contended: %d writes lost to other replicas; retry the request", org, l.opts.MaxAttempts)
+}
+
+// remember keeps the ledger as this Ledger wrote it, and forgets it when the
+// write failed.
+func (l *Ledger) remember(org string, written *corev1.ConfigMap, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.written == nil {
+		l.written = map[string]*corev1.ConfigMap{}
+	}
+	if err != nil {
+		delete(l.written, org)
+		return
+	}
+	l.written[org] = written
+}
+
+// known returns the newest of org's ledger that this Ledger has without
+// asking the API server: the cache's copy or the one it last wrote. It
+// returns nil without a cache, when it has neither, or when it cannot tell
+// which is newer.
+func (l *Ledger) known(ctx context.Context, org string) *corev1.ConfigMap {
+	if l.opts.Cache == nil {
+		return nil
+	}
+	l.mu.Lock()
+	newest := l.written[org]
+	l.mu.Unlock()
+	cached := &corev1.ConfigMap{}
+	if err := l.opts.Cache.Get(ctx, client.ObjectKey{Namespace: l.namespace, Name: Name(org)}, cached); err == nil {
+		if newest == nil {
+			return cached
+		}
+		newer, err := resourceversion.CompareResourceVersion(cached.ResourceVersion, newest.ResourceVersion)
+		if err != nil {
+			return nil
+		}
+		if newer > 0 {
+			return cached
+		}
+	}
+	if newest == nil {
+		return nil
+	}
+	return newest.DeepCopy()
 }
 
 // read returns org's ledger ConfigMap (nil when there is none yet) and its
@@ -259,16 +336,17 @@ func (l *Ledger) read(ctx context.Context, org string) (*corev1.ConfigMap, map[t
 }
 
 // write stores entries, conditioned on cm's resourceVersion, or on the
-// ledger not existing yet when cm is nil.
-func (l *Ledger) write(ctx context.Context, org string, cm *corev1.ConfigMap, entries map[types.UID]Entry) error {
+// ledger not existing yet when cm is nil, and returns the ledger written.
+func (l *Ledger) write(ctx context.Context, org string, cm *corev1.ConfigMap, entries map[types.UID]Entry) (*corev1.ConfigMap, error) {
 	if cm == nil {
-		return l.client.Create(ctx, &corev1.ConfigMap{
+		cm = &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Namespace: l.namespace, Name: Name(org), Labels: map[string]string{LabelLedger: org}},
 			Data:       map[string]string{DataKey: encode(entries)},
-		})
+		}
+		return cm, l.client.Create(ctx, cm)
 	}
 	cm.Data = map[string]string{DataKey: encode(entries)}
-	return l.client.Update(ctx, cm) // carries resourceVersion: Conflict if stale
+	return cm, l.client.Update(ctx, cm) // carries resourceVersion: Conflict if stale
 }
 
 func encode(entries map[types.UID]Entry) string {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -119,37 +120,103 @@ func TestRecordAndRelease(t *testing.T) {
 }
 
 // Three replicas, each a Ledger of its own on the same store, reserve 50
-// workspaces at once against a limit of 20: exactly 20 are admitted.
+// workspaces at once against a limit of 20: exactly 20 are admitted, with
+// no cache, a cache as fresh as the store, and a cache that lags.
 func TestConcurrentReplicasNeverOvershoot(t *testing.T) {
-	c := fakeClient()
-	var conflicts atomic.Int64
-	replicas := make([]*quota.Ledger, 3)
-	for i := range replicas {
-		replicas[i] = quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{
-			MaxAttempts: 1000, OnConflict: func() { conflicts.Add(1) },
-		})
-	}
-	org := testutil.Org("acme").MaxWorkspaces(20).Obj()
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Go(func() {
-			err := replicas[i%3].Reserve(t.Context(), org, types.UID(fmt.Sprintf("pod-%02d", i)), ws())
-			var exceeded *quota.ExceededError
-			switch {
-			case err == nil:
-				admitted.Add(1)
-			case !errors.As(err, &exceeded):
-				t.Errorf("pod-%02d: %v", i, err)
+	for name, cache := range map[string]func(client.Client) client.Reader{
+		"no cache":      func(client.Client) client.Reader { return nil },
+		"fresh cache":   func(c client.Client) client.Reader { return c },
+		"lagging cache": func(client.Client) client.Reader { return frozenCache{} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := fakeClient()
+			var conflicts atomic.Int64
+			replicas := make([]*quota.Ledger, 3)
+			for i := range replicas {
+				replicas[i] = quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{
+					MaxAttempts: 1000, OnConflict: func() { conflicts.Add(1) }, Cache: cache(c),
+				})
 			}
+			org := testutil.Org("acme").MaxWorkspaces(20).Obj()
+			var admitted atomic.Int64
+			var wg sync.WaitGroup
+			for i := range 50 {
+				wg.Go(func() {
+					err := replicas[i%3].Reserve(t.Context(), org, types.UID(fmt.Sprintf("pod-%02d", i)), ws())
+					var exceeded *quota.ExceededError
+					switch {
+					case err == nil:
+						admitted.Add(1)
+					case !errors.As(err, &exceeded):
+						t.Errorf("pod-%02d: %v", i, err)
+					}
+				})
+			}
+			wg.Wait()
+			assert.EqualValues(t, 20, admitted.Load())
+			entries, err := replicas[0].Entries(t.Context(), org.Name)
+			require.NoError(t, err)
+			assert.Len(t, entries, 20)
+			t.Logf("writes lost to another replica: %d", conflicts.Load())
 		})
 	}
-	wg.Wait()
-	assert.EqualValues(t, 20, admitted.Load())
-	entries, err := replicas[0].Entries(t.Context(), org.Name)
+}
+
+// frozenCache is a watch that has not seen a ledger yet.
+type frozenCache struct{ client.Reader }
+
+func (frozenCache) Get(_ context.Context, key client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+	return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+}
+
+// readCounter counts the ledger reads that reach the API server.
+type readCounter struct {
+	quota.Client
+	reads atomic.Int64
+}
+
+func (c *readCounter) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	c.reads.Add(1)
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// With a cache, a replica's changes start from the ledger it last wrote:
+// the API server is read once, not once a change.
+func TestAReplicaStartsFromTheLedgerItWrote(t *testing.T) {
+	c := &readCounter{Client: fakeClient()}
+	l := quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{Cache: frozenCache{}})
+	org := testutil.Org("acme").MaxWorkspaces(5).Obj()
+	for i := range 5 {
+		require.NoError(t, l.Reserve(t.Context(), org, types.UID(fmt.Sprintf("pod-%d", i)), ws()))
+	}
+	assert.EqualValues(t, 1, c.reads.Load(), "reads of the API server for 5 reservations")
+	require.NoError(t, l.Release(t.Context(), org.Name, []types.UID{"pod-0"}))
+	assert.EqualValues(t, 1, c.reads.Load(), "reads of the API server after a release")
+	entries, err := l.Entries(t.Context(), org.Name)
 	require.NoError(t, err)
-	assert.Len(t, entries, 20)
-	t.Logf("writes lost to another replica: %d", conflicts.Load())
+	assert.Len(t, entries, 4)
+}
+
+// A replica's known ledger may lack another replica's latest write. A
+// decision to change nothing is made again on the API server's ledger, so
+// a release of a Pod charged elsewhere is never skipped, and a Pod released
+// elsewhere is charged again.
+func TestAStaleLedgerNeverSkipsAChange(t *testing.T) {
+	c := fakeClient()
+	newReplica := func() *quota.Ledger {
+		return quota.NewLedger(c, "berth-system", clocktesting.NewFakePassiveClock(now), quota.Options{Cache: frozenCache{}})
+	}
+	a, b := newReplica(), newReplica()
+	org := testutil.Org("acme").MaxWorkspaces(2).Obj()
+	ctx := t.Context()
+	require.NoError(t, a.Reserve(ctx, org, "x", ws()))
+	require.NoError(t, b.Reserve(ctx, org, "y", ws()))
+	require.NoError(t, a.Release(ctx, org.Name, []types.UID{"y"}), "a knows the ledger before y")
+	require.NoError(t, b.Release(ctx, org.Name, []types.UID{"x"}))
+	require.NoError(t, a.Reserve(ctx, org, "x", ws()), "a knows the ledger with x")
+	entries, err := a.Entries(ctx, org.Name)
+	require.NoError(t, err)
+	assert.Equal(t, map[types.UID]quota.Entry{"x": {Class: berthv1alpha1.ClassWorkspace, Admitted: now}}, entries)
 }
 
 // failingClient fails every write.
