@@ -28,6 +28,37 @@ func StartProcess(t testing.TB, name, bin string, args []string) *Process {
 	return p
 }
 
+// StartServer runs bin as a server the test reaches on n ports found free
+// on 127.0.0.1: args builds its command line from the ports, and ready the
+// URL that answers 200 once it serves (http, or https without verifying the
+// certificate). A port taken between the look and the bind starts it again
+// on other ports; any other failure, or no answer within a minute, fails
+// the test with the end of its log. The process stops when the test ends.
+func StartServer(t testing.TB, name, bin string, n int, args func(ports []int) []string, ready func(ports []int) string) (*Process, []int) {
+	t.Helper()
+	requireMain(t)
+	var ports []int
+	p := onFreePorts(t, name, func() (*Process, error) {
+		var err error
+		if ports, err = localcluster.FreePorts(n); err != nil {
+			t.Fatal(err)
+		}
+		dir, err := os.MkdirTemp(state.dir, name+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Process{Name: name, Log: filepath.Join(dir, "log")}
+		p.start(t, bin, args(ports))
+		if err := p.waitHealthy(t.Context(), ready(ports), time.Minute); err != nil {
+			p.Stop()
+			return p, fmt.Errorf("not ready: %w", err)
+		}
+		return p, nil
+	})
+	t.Cleanup(p.Stop)
+	return p, ports
+}
+
 // Dir is a fresh directory for the test's files, removed at the package's
 // teardown.
 func Dir(t testing.TB, name string) string {

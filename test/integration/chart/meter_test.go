@@ -83,27 +83,29 @@ func TestChartRunsTheMeterWithItsOwnRights(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "prices.yaml"), []byte(data), 0o600))
 	keys := framework.Dir(t, "audit-keys")
 	require.NoError(t, os.WriteFile(filepath.Join(keys, "k1"), []byte(strings.Repeat("k", 64)), 0o600))
-	port, api := framework.FreePort(t), framework.FreePort(t)
-	var run []string
-	for _, a := range args {
-		switch {
-		case strings.HasPrefix(a, "--prices="):
-			a = "--prices=" + filepath.Join(dir, "prices.yaml")
-		case strings.HasPrefix(a, "--metrics-bind-address="):
-			a = "--metrics-bind-address=0"
-		case strings.HasPrefix(a, "--health-probe-bind-address="):
-			a = "--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(port)
-		case strings.HasPrefix(a, "--api-bind-address="):
-			a = "--api-bind-address=127.0.0.1:" + strconv.Itoa(api)
-		case strings.HasPrefix(a, "--audit-keys="):
-			a = "--audit-keys=" + keys
-		}
-		run = append(run, a)
-	}
 	dsn := framework.PostgresServer(t).Database(t)
-	run = append(run, "--kubeconfig", env.ServiceAccountKubeconfig(t, namespace, "berth-meter"), "--database-url", dsn)
-	meter := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), run)
-	meter.WaitHealthy(t, "http://127.0.0.1:"+strconv.Itoa(port)+"/readyz", time.Minute)
+	kubeconfig := env.ServiceAccountKubeconfig(t, namespace, "berth-meter")
+	// The chart's args, with this machine's files and free ports.
+	meter, ports := framework.StartServer(t, "berth-meter", framework.Binary(t, "berth-meter"), 2, func(ports []int) []string {
+		var run []string
+		for _, a := range args {
+			switch {
+			case strings.HasPrefix(a, "--prices="):
+				a = "--prices=" + filepath.Join(dir, "prices.yaml")
+			case strings.HasPrefix(a, "--metrics-bind-address="):
+				a = "--metrics-bind-address=0"
+			case strings.HasPrefix(a, "--health-probe-bind-address="):
+				a = "--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(ports[0])
+			case strings.HasPrefix(a, "--api-bind-address="):
+				a = "--api-bind-address=127.0.0.1:" + strconv.Itoa(ports[1])
+			case strings.HasPrefix(a, "--audit-keys="):
+				a = "--audit-keys=" + keys
+			}
+			run = append(run, a)
+		}
+		return append(run, "--kubeconfig", kubeconfig, "--database-url", dsn)
+	}, func(ports []int) string { return "http://127.0.0.1:" + strconv.Itoa(ports[0]) + "/readyz" })
+	api := ports[1]
 
 	nodes, err := env.NodesByPool(ctx)
 	require.NoError(t, err)

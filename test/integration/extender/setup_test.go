@@ -55,16 +55,15 @@ func setup(t *testing.T) (*framework.ClusterEnv, *framework.Process, string) {
 // its cache has synced.
 func startExtender(t *testing.T, env *framework.ClusterEnv) (p *framework.Process, url string) {
 	t.Helper()
-	bin := framework.Binary(t, "berth-extender")
-	addr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort(t))
-	metrics := fmt.Sprintf("127.0.0.1:%d", framework.FreePort(t))
-	p = framework.StartProcess(t, "berth-extender", bin, []string{
-		"--kubeconfig", env.Kubeconfig(), "--bind-address", addr, "--metrics-bind-address", metrics, "--v", "1",
-	})
-	p.Metrics = "http://" + metrics
-	url = "http://" + addr
+	p, ports := framework.StartServer(t, "berth-extender", framework.Binary(t, "berth-extender"), 2,
+		func(ports []int) []string {
+			return []string{"--kubeconfig", env.Kubeconfig(), "--bind-address", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+				"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--v", "1"}
+		},
+		func(ports []int) string { return fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[0]) })
+	url = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	p.Metrics = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 	p.Health = url
-	p.WaitHealthy(t, url+"/readyz", 60*time.Second)
 	return p, url
 }
 
@@ -95,12 +94,12 @@ func startStockScheduler(t *testing.T, env *framework.ClusterEnv, extenderURL st
 	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := framework.FreePort(t)
-	p := framework.StartProcess(t, "kube-scheduler", env.Tools.KubeScheduler, []string{
-		"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port), "--v", "1",
-	})
-	p.Health = fmt.Sprintf("https://127.0.0.1:%d", port)
-	p.WaitHealthy(t, p.Health+"/healthz", 60*time.Second)
+	p, ports := framework.StartServer(t, "kube-scheduler", env.Tools.KubeScheduler, 1,
+		func(ports []int) []string {
+			return []string{"--config", path, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[0]), "--v", "1"}
+		},
+		func(ports []int) string { return fmt.Sprintf("https://127.0.0.1:%d/healthz", ports[0]) })
+	p.Health = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
 	return p
 }
 

@@ -2,7 +2,6 @@ package metering
 
 import (
 	"context"
-	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -112,12 +111,7 @@ func TestBerthsOwnActionsBecomeAuditRows(t *testing.T) {
 // ready.
 func startAuditMeter(t *testing.T, env *framework.ClusterEnv, dsn, keys string) *framework.Process {
 	t.Helper()
-	health := framework.FreePort(t)
-	p := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
-		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys, "--api-bind-address", "0",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
-	})
-	p.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health), time.Minute)
+	p, _ := runMeter(t, "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys)
 	return p
 }
 

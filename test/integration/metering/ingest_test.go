@@ -32,13 +32,7 @@ func TestAuditIngest(t *testing.T) {
 	env := framework.Cluster(t)
 	pool, dsn := migrated(t)
 	keys := keyDir(t, "k1")
-	api, health := framework.FreePort(t), framework.FreePort(t)
-	meter := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
-		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys,
-		"--api-bind-address", fmt.Sprintf("127.0.0.1:%d", api),
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
-	})
-	meter.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health), time.Minute)
+	meter, api := runMeter(t, "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys)
 
 	ns := env.Namespace(t, "acme")
 	env.Create(t, testutil.Pod("ws-ana").Namespace(ns).Class(berthv1alpha1.ClassWorkspace).Workspace("ws-ana").SchedulerName("none").Obj())
@@ -49,7 +43,7 @@ func TestAuditIngest(t *testing.T) {
 
 	// The self-signed certificate berth-meter makes without --tls-cert-file.
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	url := fmt.Sprintf("https://127.0.0.1:%d%s", api, audit.IngestPath)
+	url := "https://" + api + audit.IngestPath
 	post := func(token string, body any) (int, string) {
 		var raw []byte
 		switch b := body.(type) {

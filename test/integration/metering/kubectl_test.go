@@ -56,13 +56,8 @@ func TestKubectlBerthUsageAndAuditVerify(t *testing.T) {
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	require.NoError(t, os.WriteFile(certFile, certPEM, 0o600))
 	require.NoError(t, os.WriteFile(keyFile, keyPEM, 0o600))
-	api, health := framework.FreePort(t), framework.FreePort(t)
-	meter := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
-		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys,
-		"--api-bind-address", fmt.Sprintf("127.0.0.1:%d", api), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
-	})
-	meter.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health), time.Minute)
+	_, api := runMeter(t, "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--audit-keys", keys,
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile)
 
 	ns := env.Namespace(t, "acme")
 	env.ServiceAccountToken(t, ns, "finance")
@@ -88,7 +83,7 @@ func TestKubectlBerthUsageAndAuditVerify(t *testing.T) {
 		t.Logf("kubectl berth %s: exit %d\n%s%s", strings.Join(args, " "), cmd.ProcessState.ExitCode(), stdout.String(), stderr.String())
 		return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
 	}
-	meterFlags := []string{fmt.Sprintf("--meter-url=https://127.0.0.1:%d", api), "--meter-ca-file=" + certFile}
+	meterFlags := []string{"--meter-url=https://" + api, "--meter-ca-file=" + certFile}
 	span := []string{"--since=2026-11-30T00:00:00Z", "--until=2026-12-02T00:00:00Z"}
 
 	code, _, stderr := kubectl(append([]string{"usage"}, span...)...)

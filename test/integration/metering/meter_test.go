@@ -36,13 +36,22 @@ const prices = "../../../manifests/local-cluster/pools.yaml"
 // 2 s intervals, and waits until it is ready.
 func startMeter(t *testing.T, env *framework.ClusterEnv, dsn string) *framework.Process {
 	t.Helper()
-	port := framework.FreePort(t)
-	p := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
-		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--prices", prices, "--interval", "2s",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port),
-	})
-	p.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", port), time.Minute)
+	p, _ := runMeter(t, "--kubeconfig", env.Kubeconfig(), "--database-url", dsn, "--prices", prices, "--interval", "2s")
 	return p
+}
+
+// runMeter starts `berth-meter run` with args, its API and health probe on
+// ports found free and its metrics off, waits until it is ready, and
+// returns it with its API's address.
+func runMeter(t *testing.T, args ...string) (*framework.Process, string) {
+	t.Helper()
+	p, ports := framework.StartServer(t, "berth-meter", framework.Binary(t, "berth-meter"), 2,
+		func(ports []int) []string {
+			return append([]string{"run", "--api-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+				"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", ports[1])}, args...)
+		},
+		func(ports []int) string { return fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[1]) })
+	return p, fmt.Sprintf("127.0.0.1:%d", ports[0])
 }
 
 // lifecycle creates and deletes n workspace Pods on spot nodes, staggered

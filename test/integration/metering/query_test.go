@@ -51,13 +51,7 @@ func TestUsageAPI(t *testing.T) {
 	assert.InDelta(t, 1800, part[0].RunningSeconds, 1e-6, "the build's half hour within the hour asked for")
 	assert.InDelta(t, 3600, part[1].RunningSeconds, 1e-6)
 
-	api, health := framework.FreePort(t), framework.FreePort(t)
-	meter := framework.StartProcess(t, "berth-meter", framework.Binary(t, "berth-meter"), []string{
-		"run", "--kubeconfig", env.Kubeconfig(), "--database-url", dsn,
-		"--api-bind-address", fmt.Sprintf("127.0.0.1:%d", api),
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
-	})
-	meter.WaitHealthy(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health), time.Minute)
+	_, api := runMeter(t, "--kubeconfig", env.Kubeconfig(), "--database-url", dsn)
 
 	// A reader of acme's usage, by an RBAC rule on the org's name.
 	ns := env.Namespace(t, "")
@@ -71,7 +65,7 @@ func TestUsageAPI(t *testing.T) {
 
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	get := func(query, accept string) (int, string) {
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d%s?%s", api, metering.UsagePath, query), nil)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, fmt.Sprintf("https://%s%s?%s", api, metering.UsagePath, query), nil)
 		require.NoError(t, err)
 		req.Header.Set("Authorization", "Bearer "+token)
 		if accept != "" {
