@@ -25,12 +25,12 @@ tools: ## Build the pinned tools (kube-*, etcd, kwok, controller-gen, azurite, h
 	bash hack/tools.sh all
 
 .PHONY: generate
-generate: ## Regenerate deepcopy code and the CRDs from pkg/apis.
+generate: ## Regenerate deepcopy code and the CRDs from pkg/apis, and copy the shipped manifests into the chart.
 	bash hack/tools.sh controller-gen
 	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" object:headerFile=hack/boilerplate.go.txt paths=./pkg/apis/...
 	$(TOOLS_ENV); "$$CONTROLLER_GEN_DIR/controller-gen" crd paths=./pkg/apis/... output:crd:artifacts:config=manifests/crds
 	mkdir -p charts/berth/crds charts/berth/files && cp manifests/crds/*.yaml charts/berth/crds/
-	cp manifests/scheduler/berth-scheduler.yaml charts/berth/files/
+	cp manifests/scheduler/berth-scheduler.yaml manifests/policies/workspace-template.yaml charts/berth/files/
 
 .PHONY: lint
 lint: ## Run the pinned golangci-lint with .golangci.yml over the tracked packages.

@@ -1,6 +1,6 @@
 // Package manifests embeds berth's generated and hand-written manifests so that
-// binaries and tests use the very files the repository ships: the CRDs and the
-// local cluster's node pools.
+// binaries and tests use the very files the repository ships: the CRDs, the
+// Workspace template policy and the local cluster's node pools.
 package manifests
 
 import (
@@ -10,6 +10,14 @@ import (
 
 //go:embed crds/*.yaml
 var crds embed.FS
+
+//go:embed policies/workspace-template.yaml
+var workspacePolicy []byte
+
+// WorkspacePolicy returns policies/workspace-template.yaml: the
+// ValidatingAdmissionPolicy, and its binding, that let only a user who may
+// create Pods in a namespace set a Workspace template there.
+func WorkspacePolicy() []byte { return workspacePolicy }
 
 //go:embed local-cluster/pools.yaml
 var pools []byte

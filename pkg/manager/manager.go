@@ -4,9 +4,13 @@
 package manager
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,7 +27,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -36,6 +42,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"berth.dev/berth/manifests"
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
 	"berth.dev/berth/pkg/blobgrants"
 	"berth.dev/berth/pkg/certs"
@@ -320,7 +327,9 @@ func tlsOpts(http2 bool) []func(*tls.Config) {
 }
 
 // registerConfigurations points berth's webhook configurations at the URL,
-// keeping the CA bundle the rotator injected into existing ones. It creates
+// keeping the CA bundle the rotator injected into existing ones, and
+// installs the Workspace template policy when it may (the chart installs
+// it, and gives berth-manager no rights on it). It creates
 // the namespace and the configurations only when they are missing, so that
 // the Helm chart's rights (update, not create) are enough once it installed
 // them.
@@ -345,7 +354,55 @@ func registerConfigurations(ctx context.Context, c client.Client, o Options) err
 			return fmt.Errorf("register %T %s: %w", obj, obj.GetName(), err)
 		}
 	}
+	policy, err := workspacePolicy()
+	if err != nil {
+		return err
+	}
+	for _, obj := range policy {
+		got := obj.DeepCopyObject().(client.Object)
+		err := c.Get(ctx, client.ObjectKeyFromObject(obj), got)
+		switch {
+		case apierrors.IsForbidden(err):
+			// The chart's rights: the chart installs the policy.
+			ctrl.LoggerFrom(ctx).Info("not registering the Workspace template policy: no rights on it; whoever installed berth installs it",
+				"kind", fmt.Sprintf("%T", obj), "name", obj.GetName())
+			continue
+		case apierrors.IsNotFound(err):
+			err = c.Create(ctx, obj)
+		case err == nil:
+			obj.SetResourceVersion(got.GetResourceVersion())
+			err = c.Update(ctx, obj)
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("register %T %s: %w", obj, obj.GetName(), err)
+		}
+	}
 	return nil
+}
+
+// workspacePolicy decodes manifests/policies/workspace-template.yaml, the
+// objects the chart installs from the same file.
+func workspacePolicy() ([]client.Object, error) {
+	var objs []client.Object
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifests.WorkspacePolicy())))
+	decode := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer().Decode
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the Workspace template policy: %w", err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		obj, _, err := decode(doc, nil, nil)
+		if err != nil {
+			return nil, fmt.Errorf("decode the Workspace template policy: %w", err)
+		}
+		objs = append(objs, obj.(client.Object))
+	}
 }
 
 func updateKeepingCA(ctx context.Context, c client.Client, obj client.Object) error {

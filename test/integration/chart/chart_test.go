@@ -65,7 +65,8 @@ func TestChartRunsBerthWithItsOwnRights(t *testing.T) {
 		byKind[o.GetKind()] = append(byKind[o.GetKind()], o)
 	}
 	for _, kind := range []string{"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-		"Service", "ConfigMap", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PodDisruptionBudget", "PriorityClass"} {
+		"Service", "ConfigMap", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PodDisruptionBudget", "PriorityClass",
+		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 		assert.NotEmpty(t, byKind[kind], "the chart renders a %s", kind)
 	}
 	checkWebhookConfigurations(t, byKind)
