@@ -4,13 +4,10 @@
 package manager
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -27,7 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
@@ -381,28 +377,17 @@ func registerConfigurations(ctx context.Context, c client.Client, o Options) err
 }
 
 // workspacePolicy decodes manifests/policies/workspace-template.yaml, the
-// objects the chart installs from the same file.
+// policy and its binding, which the chart installs from the same file.
 func workspacePolicy() ([]client.Object, error) {
-	var objs []client.Object
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifests.WorkspacePolicy())))
-	decode := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer().Decode
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
+	policy, binding := &admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+	objs := []client.Object{policy, binding}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifests.WorkspacePolicy()), 4096)
+	for _, obj := range objs {
+		if err := dec.Decode(obj); err != nil {
+			return nil, fmt.Errorf("decode manifests/policies/workspace-template.yaml: %w", err)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read the Workspace template policy: %w", err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
-		obj, _, err := decode(doc, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("decode the Workspace template policy: %w", err)
-		}
-		objs = append(objs, obj.(client.Object))
 	}
+	return objs, nil
 }
 
 func updateKeepingCA(ctx context.Context, c client.Client, obj client.Object) error {
