@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -250,6 +251,13 @@ func profile(b *testing.B, sched *framework.Process, mix string) chan struct{} {
 // 50 builds, 8 vLLM replicas), as berth's webhook mutates it, with each
 // scheduler in turn, and reports nodes used against the bin-packing lower
 // bound, and the share of workspaces and builds on spot nodes.
+//
+// A scheduler looks at a sample of the nodes for each Pod (about 42% of
+// 1,120; the sample's start moves from Pod to Pod), so where the load
+// lands, and how many nodes it takes, varies from one placement to the
+// next. It is placed refRounds times with each scheduler, alternating
+// which goes first; every round is logged, and the median is reported
+// against the target.
 func BenchmarkReferenceLoad(b *testing.B) {
 	env, c, _ := setup(b)
 	org := testutil.Org("reference").Obj()
@@ -260,21 +268,36 @@ func BenchmarkReferenceLoad(b *testing.B) {
 	}
 	load := demo.ReferenceLoad(1)
 	lb := lowerBound(load, pools)
+	const refRounds = 3
+	nodes, spots := map[string][]float64{}, map[string][]float64{}
+	for r := range refRounds * b.N {
+		order := []string{stock, berth}
+		if r%2 == 1 {
+			order = []string{berth, stock}
+		}
+		for _, sched := range order {
+			ns := env.Namespace(b, org.Name)
+			create(b, c, org, len(load), func(i int) *corev1.Pod {
+				p := load[i].DeepCopy()
+				p.Namespace, p.Spec.SchedulerName = ns, sched
+				return p
+			})
+			placed := waitBound(b, c, ns, len(load))
+			used, spot := NodesUsed(b.Context(), b, c, placed)
+			nodes[sched] = append(nodes[sched], float64(used))
+			spots[sched] = append(spots[sched], spot)
+			b.Logf("round %d %-18s %d nodes, %.2fx the lower bound; %.0f%% of workspaces and builds on spot",
+				r, sched, used, float64(used)/float64(lb), 100*spot)
+			cleanup(b, c, ns)
+		}
+	}
 	for _, sched := range []string{stock, berth} {
-		ns := env.Namespace(b, org.Name)
-		create(b, c, org, len(load), func(i int) *corev1.Pod {
-			p := load[i].DeepCopy()
-			p.Namespace, p.Spec.SchedulerName = ns, sched
-			return p
-		})
-		placed := waitBound(b, c, ns, len(load))
-		used, spot := NodesUsed(b.Context(), b, c, placed)
-		b.ReportMetric(float64(used), "nodes-"+sched)
-		b.ReportMetric(float64(used)/float64(lb), "x-lower-bound-"+sched)
-		b.ReportMetric(spot, "spot-share-"+sched)
-		b.Logf("%-18s %d nodes for the reference load, lower bound %d: %.2fx (target <= 1.10x for berth); %.0f%% of workspaces and builds on spot",
-			sched, used, lb, float64(used)/float64(lb), 100*spot)
-		cleanup(b, c, ns)
+		used := framework.Median(nodes[sched])
+		b.ReportMetric(used, "nodes-"+sched)
+		b.ReportMetric(used/float64(lb), "x-lower-bound-"+sched)
+		b.ReportMetric(framework.Median(spots[sched]), "spot-share-"+sched)
+		b.Logf("%-18s median %.0f nodes for the reference load over %d placements %v, lower bound %d: %.2fx (target <= 1.10x for berth; worst %.2fx)",
+			sched, used, len(nodes[sched]), nodes[sched], lb, used/float64(lb), slices.Max(nodes[sched])/float64(lb))
 	}
 }
 
