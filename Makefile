@@ -66,7 +66,7 @@ test-integration: ## Run the integration tests on real local clusters (needs mak
 
 .PHONY: bench
 bench: tools ## Run the benchmarks on the local cluster, each side by side with the stock component in one run; one package at a time.
-	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m $(TEST_FLAGS) ./test/bench/...
+	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x -timeout 45m $(TEST_FLAGS) ./test/bench/...
 
 IMAGES := berth-blob berth-manager berth-meter berth-scheduler
 
