@@ -206,7 +206,10 @@ func (w *PodWebhook) buildJob(ctx context.Context, key client.ObjectKey) (*batch
 
 // nameTaken reports whether a Pod of this name, but another UID, exists:
 // the API server will refuse the create. It asks the cache, and the API
-// server only when the cache has one.
+// server only when the cache has one. berth-manager's cache holds only
+// labelled Pods: a name taken by an unlabelled Pod is not seen, and that
+// create's charge is released by orgstatus, as for any create refused
+// after berth charged it.
 func (w *PodWebhook) nameTaken(ctx context.Context, pod *corev1.Pod) (bool, error) {
 	key := client.ObjectKey{Namespace: pod.Namespace, Name: pod.Name}
 	if key.Namespace == "" {

@@ -18,6 +18,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -115,16 +116,13 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if err != nil {
 		return fmt.Errorf("--webhook-bind-address %q: %w; use host:port such as 127.0.0.1:9443", o.WebhookBindAddress, err)
 	}
-	ledgers, err := labels.Parse(quota.LabelLedger)
+	cached, err := cacheOptions(o.Webhook.Namespace)
 	if err != nil {
 		return err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: scheme,
-		// The only ConfigMaps berth-manager reads are its quota ledgers.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{o.Webhook.Namespace: {}}, Label: ledgers},
-		}},
+		Scheme:                  scheme,
+		Cache:                   cached,
 		Metrics:                 metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:  o.HealthProbeBindAddress,
 		PprofBindAddress:        o.PprofBindAddress,
@@ -184,6 +182,35 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	log.Info("starting berth-manager", "webhooks", o.Webhooks, "controllers", o.Controllers,
 		"webhookBindAddress", o.WebhookBindAddress, "namespace", o.Webhook.Namespace, "managerUsername", o.Webhook.ManagerUsername)
 	return mgr.Start(ctx)
+}
+
+// cacheOptions keeps berth-manager's cache to what it reads, so that its
+// memory and its watch traffic grow with berth's objects, not with the
+// cluster's:
+//   - Pods and Jobs with a berth.dev/class label: berth never touches the
+//     others, and a label once admitted cannot change (the webhooks deny
+//     it);
+//   - ConfigMaps: only the quota ledgers in berth's namespace.
+//
+// Managed fields are dropped from every cached object: nothing reads them,
+// and an update without them leaves the API server's copy as it was.
+func cacheOptions(namespace string) (cache.Options, error) {
+	ledgers, err := labels.Parse(quota.LabelLedger)
+	if err != nil {
+		return cache.Options{}, err
+	}
+	labelled, err := labels.Parse(berthv1alpha1.LabelClass)
+	if err != nil {
+		return cache.Options{}, err
+	}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}:       {Label: labelled},
+			&batchv1.Job{}:      {Label: labelled},
+			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{namespace: {}}, Label: ledgers},
+		},
+		DefaultTransform: cache.TransformStripManagedFields(),
+	}, nil
 }
 
 // newLedger builds the quota ledger the webhooks charge and orgstatus
