@@ -197,3 +197,12 @@ func (r *fatalRecorder) Fatalf(format string, args ...any) {
 	r.fatal = fmt.Sprintf(format, args...)
 	runtime.Goexit()
 }
+
+func TestMedian(t *testing.T) {
+	assert.Equal(t, 0.0, Median(nil))
+	assert.Equal(t, 2.0, Median([]float64{3, 1, 2}))
+	assert.Equal(t, 2.5, Median([]float64{4, 1, 3, 2}), "an even count takes the mean of the two middle values")
+	v := []float64{3, 1, 2}
+	Median(v)
+	assert.Equal(t, []float64{3, 1, 2}, v, "the input is not reordered")
+}

@@ -8,15 +8,21 @@ import (
 	"time"
 )
 
-// Median is the middle value of v (the upper one of an even count), 0 for
-// none. Benchmarks report the median of their rounds.
+// Median is the middle value of v, the mean of the two middle ones for an
+// even count, 0 for none. Benchmarks report the median of their rounds;
+// taking the upper of two middle values would lean every even count of
+// rounds upward.
 func Median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}
 	s := slices.Clone(v)
 	slices.Sort(s)
-	return s[len(s)/2]
+	mid := len(s) / 2
+	if len(s)%2 == 0 {
+		return (s[mid-1] + s[mid]) / 2
+	}
+	return s[mid]
 }
 
 // Percentile is the p-th percentile of d by the nearest-rank method, 0 for
