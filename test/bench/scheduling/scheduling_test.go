@@ -14,9 +14,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
-	watchtools "k8s.io/client-go/tools/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	berthv1alpha1 "berth.dev/berth/pkg/apis/berth/v1alpha1"
@@ -173,14 +170,7 @@ func BenchmarkSchedulingThroughput(b *testing.B) {
 // time, a load on the machine that is not the schedulers' and that blurs
 // the comparison.
 func throughput(b *testing.B, c client.WithWatch, org *berthv1alpha1.Organization, ns, sched string, m mix) float64 {
-	var pods corev1.PodList
-	if err := c.List(b.Context(), &pods, client.InNamespace(ns)); err != nil {
-		b.Fatal(err)
-	}
-	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), pods.ResourceVersion, podWatcher{c, ns})
-	if err != nil {
-		b.Fatal(err)
-	}
+	w := framework.WatchNamespace(b, c, ns, &corev1.PodList{})
 	defer w.Stop()
 	done := make(chan struct{})
 	go create(b, c, org, m.n, func(i int) *corev1.Pod {
@@ -212,17 +202,6 @@ func throughput(b *testing.B, c client.WithWatch, org *berthv1alpha1.Organizatio
 	}
 	<-done
 	return float64(m.n-1) / last.Sub(first).Seconds()
-}
-
-// podWatcher watches a namespace's Pods for a RetryWatcher, which resumes
-// the watch where it was when the API server closes it.
-type podWatcher struct {
-	c  client.WithWatch
-	ns string
-}
-
-func (w podWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	return w.c.Watch(ctx, &corev1.PodList{}, client.InNamespace(w.ns), &client.ListOptions{Raw: &opts})
 }
 
 // failedAttempts is how many scheduling attempts of the scheduler so far

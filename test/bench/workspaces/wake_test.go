@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
-	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -263,7 +262,7 @@ func setAll(b *testing.B, c client.Client, ns string, names []string, started bo
 // API server may, and a round would then wait on events it never gets.
 func watchRunning(b *testing.B, c client.WithWatch, ns string, n int, key func(*corev1.Pod) string) <-chan seenAt {
 	b.Helper()
-	w := retryWatch(b, c, ns, &corev1.PodList{})
+	w := framework.WatchNamespace(b, c, ns, &corev1.PodList{})
 	out := make(chan seenAt, 3*n)
 	go func() {
 		defer w.Stop()
@@ -302,7 +301,7 @@ func watchRunning(b *testing.B, c client.WithWatch, ns string, n int, key func(*
 // one's status first says Running, until n have.
 func watchRecorded(b *testing.B, c client.WithWatch, ns string, n int) <-chan seenAt {
 	b.Helper()
-	w := retryWatch(b, c, ns, &berthv1alpha1.WorkspaceList{})
+	w := framework.WatchNamespace(b, c, ns, &berthv1alpha1.WorkspaceList{})
 	out := make(chan seenAt, n)
 	go func() {
 		defer w.Stop()
@@ -320,32 +319,6 @@ func watchRecorded(b *testing.B, c client.WithWatch, ns string, n int) <-chan se
 		}
 	}()
 	return out
-}
-
-// retryWatch watches the namespace's objects of list's kind from now on,
-// resuming where it was when the API server closes the watch.
-func retryWatch(b *testing.B, c client.WithWatch, ns string, list client.ObjectList) watch.Interface {
-	b.Helper()
-	if err := c.List(b.Context(), list, client.InNamespace(ns)); err != nil {
-		b.Fatal(err)
-	}
-	w, err := watchtools.NewRetryWatcherWithContext(b.Context(), list.GetResourceVersion(), nsWatcher{c, ns, list})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return w
-}
-
-// nsWatcher watches a namespace's objects of list's kind for a
-// RetryWatcher.
-type nsWatcher struct {
-	c    client.WithWatch
-	ns   string
-	list client.ObjectList
-}
-
-func (w nsWatcher) WatchWithContext(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-	return w.c.Watch(ctx, w.list.DeepCopyObject().(client.ObjectList), client.InNamespace(w.ns), &client.ListOptions{Raw: &opts})
 }
 
 // seenAt is when the Pod of key was first seen at a stage.
